@@ -1,0 +1,166 @@
+/*
+ * kernels/backend.h — the table of tensor operations that the U-Net is built from.
+ *
+ * One table per backend (CPU always; CUDA when compiled in and a device exists),
+ * chosen once at start-up with fs_backend_get(). The CPU backend is the
+ * specification: plain C loops plus OpenBLAS GEMMs. The CUDA backend must give the
+ * same results within the tolerances stated beside each op (kernels/tolerances.h)
+ * and is tested against the CPU by tests/test_cuda_parity.c.
+ *
+ * Layout: every activation is NCHW fp32, contiguous:
+ *   N = images in the batch, C = channels, H = rows, W = columns;
+ *   element (n, c, y, x) lives at ((n*C + c)*H + y)*W + x.
+ * Weights use PyTorch's layouts so checkpoints and fixtures map one to one:
+ *   Conv2d          w[Cout][Cin][k][k], b[Cout]
+ *   ConvTranspose2d w[Cin][Cout][2][2], b[Cout]
+ *   InstanceNorm2d  gamma[C], beta[C]
+ * Labels are uint8 class indices 0..K-1, layout N×H×W.
+ *
+ * Memory: every float / uint8 pointer passed to an op is *backend memory*
+ * (host memory for the CPU backend, device memory for CUDA). Move data with
+ * upload / download. Ops never allocate; scratch space comes from the caller,
+ * sized by the *_ws_bytes functions. All ops on one context run in order on one
+ * stream (CUDA); results are visible to the host after sync().
+ *
+ * Every op returns FS_OK or an error status; an op a backend lacks returns
+ * FS_ERR_UNSUPPORTED. Output buffers are fully overwritten unless an op says it
+ * accumulates.
+ */
+#ifndef FS_BACKEND_H
+#define FS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "status.h"
+
+/* 3×3 (pad 1) or 1×1 (pad 0) convolution, stride 1: output H×W equals input H×W. */
+typedef struct {
+    int n, cin, cout, h, w;
+    int k; /* 3 or 1 */
+} fs_conv_shape;
+
+/* 2×2 transposed convolution, stride 2: input h×w, output 2h×2w. */
+typedef struct {
+    int n, cin, cout, h, w;
+} fs_convt_shape;
+
+/* Adam hyper-parameters (PyTorch's Adam, no weight decay) plus FedProx's proximal
+ * term: the gradient used is g + mu·(w − w_ref). mu = 0 ignores w_ref. */
+typedef struct {
+    float lr, beta1, beta2, eps, mu;
+} fs_adam_hp;
+
+typedef struct fs_backend {
+    const char *name; /* "cpu" or "cuda" */
+
+    /* --- context and memory --------------------------------------------- */
+    /* Create a context (CPU: thread settings; CUDA: stream, cuBLAS handle).
+     * device: CUDA ordinal, ignored by the CPU. */
+    fs_status (*ctx_init)(void **ctx, int device);
+    void (*ctx_free)(void *ctx); /* NULL-safe */
+    fs_status (*alloc)(void *ctx, void **p, size_t bytes); /* zero-filled */
+    void (*free)(void *ctx, void *p);                      /* NULL-safe */
+    fs_status (*upload)(void *ctx, void *dst, const void *src_host, size_t bytes);
+    fs_status (*download)(void *ctx, void *dst_host, const void *src, size_t bytes);
+    fs_status (*memzero)(void *ctx, void *p, size_t bytes);
+    fs_status (*sync)(void *ctx);
+
+    /* --- convolution (k = 3 pad 1, or k = 1 pad 0) ---------------------- */
+    /* Scratch bytes each conv op needs for this shape (0 allowed). */
+    size_t (*conv_ws_bytes)(void *ctx, const fs_conv_shape *s);
+    /* y[n,co,y,x] = b[co] + Σ_{ci,i,j} w[co,ci,i,j]·x[n,ci,y+i−p,x+j−p] (zero padding) */
+    fs_status (*conv_fwd)(void *ctx, const fs_conv_shape *s, const float *x, const float *w,
+                          const float *b, float *y, void *ws);
+    /* dx = ∂L/∂x given dy = ∂L/∂y (overwrites dx) */
+    fs_status (*conv_bwd_data)(void *ctx, const fs_conv_shape *s, const float *dy,
+                               const float *w, float *dx, void *ws);
+    /* dw = Σ_n ∂L/∂w, db = Σ_{n,y,x} dy (both overwritten) */
+    fs_status (*conv_bwd_filter)(void *ctx, const fs_conv_shape *s, const float *x,
+                                 const float *dy, float *dw, float *db, void *ws);
+
+    /* --- 2×2 stride-2 transposed convolution ---------------------------- */
+    /* y[n,co,2i+a,2j+c] = b[co] + Σ_ci x[n,ci,i,j]·w[ci,co,a,c] */
+    fs_status (*convt_fwd)(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
+                           const float *b, float *y);
+    fs_status (*convt_bwd_data)(void *ctx, const fs_convt_shape *s, const float *dy,
+                                const float *w, float *dx);
+    fs_status (*convt_bwd_filter)(void *ctx, const fs_convt_shape *s, const float *x,
+                                  const float *dy, float *dw, float *db);
+
+    /* --- instance norm (affine) + LeakyReLU, fused ----------------------- */
+    /* Per (n,c) plane of hw elements: mean, biased variance var,
+     * rstd = 1/sqrt(var + eps), z = gamma[c]·(x − mean)·rstd + beta[c],
+     * y = z > 0 ? z : slope·z. Saves mean[n*C+c] and rstd[n*C+c] for backward. */
+    fs_status (*norm_act_fwd)(void *ctx, int n, int c, int hw, const float *x,
+                              const float *gamma, const float *beta, float eps, float slope,
+                              float *y, float *mean, float *rstd);
+    /* Given x, the saved mean/rstd and dy: dx (overwritten), dgamma and dbeta
+     * (overwritten, summed over n). The LeakyReLU mask is recomputed from z. */
+    fs_status (*norm_act_bwd)(void *ctx, int n, int c, int hw, const float *x,
+                              const float *gamma, const float *beta, float slope,
+                              const float *mean, const float *rstd, const float *dy,
+                              float *dx, float *dgamma, float *dbeta);
+
+    /* --- 2×2 max-pool, stride 2 (h, w even) ------------------------------ */
+    fs_status (*maxpool_fwd)(void *ctx, int n, int c, int h, int w, const float *x, float *y);
+    /* dx overwritten: each window's dy goes to its first maximum in row-major
+     * order (top-left, top-right, bottom-left, bottom-right); others get 0. */
+    fs_status (*maxpool_bwd)(void *ctx, int n, int c, int h, int w, const float *x,
+                             const float *dy, float *dx);
+
+    /* --- channel concatenation y = [a ; b] (a first, the skip b second) -- */
+    fs_status (*concat_fwd)(void *ctx, int n, int ca, int cb, int hw, const float *a,
+                            const float *b, float *y);
+    /* da = dy[:, :ca] (overwritten); db += dy[:, ca:] (ACCUMULATES: the skip
+     * tensor also feeds the max-pool, whose gradient is already in db). */
+    fs_status (*concat_bwd)(void *ctx, int n, int ca, int cb, int hw, const float *dy,
+                            float *da, float *db);
+
+    /* --- loss: softmax + cross-entropy + soft Dice, forward and backward -- */
+    size_t (*loss_ws_bytes)(void *ctx, int n, int k, int hw);
+    /* p = softmax over the k channels of logits (N×K×HW); y = one-hot(labels).
+     * CE   = −(1/(N·HW)) Σ log p[label]
+     * I_k  = Σ_{n,i} p·y,  D_k = Σ_{n,i} p + Σ_{n,i} y
+     * dice = (1/K) Σ_k (2 I_k + smooth) / (D_k + smooth)
+     * loss = CE + 1 − dice, written to loss[0] (backend memory, one float).
+     * dlogits = ∂loss/∂logits (overwritten). Labels ≥ k are an error on the CPU
+     * (FS_ERR_ARG); the CUDA backend assumes they were validated on upload. */
+    fs_status (*loss_fwd_bwd)(void *ctx, int n, int k, int hw, const float *logits,
+                              const uint8_t *labels, float smooth, float *loss,
+                              float *dlogits, void *ws);
+
+    /* --- Adam (+ optional proximal term) over flat vectors --------------- */
+    /* state is backend memory, 1 float: the step count t, incremented by this
+     * call (so the step can be captured in a CUDA graph). With t' = t + 1 and
+     * g' = g + mu·(w − w_ref):
+     *   m = b1·m + (1−b1)·g'; v = b2·v + (1−b2)·g'^2
+     *   w −= lr · (m / (1 − b1^t')) / (sqrt(v / (1 − b2^t')) + eps)
+     * exactly PyTorch's torch.optim.Adam. w_ref may be NULL when mu == 0. */
+    fs_status (*adam_step)(void *ctx, size_t count, float *w, const float *g, float *m,
+                           float *v, const float *w_ref, fs_adam_hp hp, float *state);
+
+    /* --- CUDA graphs (FS_ERR_UNSUPPORTED on the CPU) ---------------------- */
+    /* Between capture_begin and capture_end every op on ctx is recorded, not
+     * run; replay() runs the recorded sequence again on the same buffers. */
+    fs_status (*graph_capture_begin)(void *ctx);
+    fs_status (*graph_capture_end)(void *ctx);
+    fs_status (*graph_replay)(void *ctx);
+} fs_backend;
+
+/* The CPU backend (always present). */
+const fs_backend *fs_backend_cpu(void);
+
+/* The CUDA backend, or NULL when fedseg was built without CUDA. Use
+ * fs_backend_cuda_available() to know whether a device exists at run time. */
+const fs_backend *fs_backend_cuda(void);
+int fs_backend_cuda_available(void);
+
+/* By name: "cpu", "cuda", or "auto" (CUDA when available, else CPU).
+ * Returns NULL (and sets *why to a sentence) when the name is unknown or
+ * CUDA is requested but not built / no device is present. */
+const fs_backend *fs_backend_get(const char *name, const char **why);
+
+/* Set how many CPU threads the CPU backend uses (OpenMP); 0 = all cores. */
+void fs_backend_cpu_set_threads(int threads);
+
+#endif

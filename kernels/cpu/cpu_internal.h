@@ -1,0 +1,82 @@
+/*
+ * kernels/cpu/cpu_internal.h — private declarations shared by the CPU backend's
+ * files (cpu_backend.c: context, memory and the table; cpu_conv.c: convolutions;
+ * cpu_norm.c: instance norm, pooling, concatenation; cpu_loss.c: loss and Adam).
+ *
+ * Threading: each context fixes its thread count T at ctx_init (from
+ * fs_backend_cpu_set_threads, 0 = all cores). Ops split work with OpenMP over
+ * images, planes or channels and call OpenBLAS single-threaded inside.
+ * Reductions across threads (conv backward-filter partial sums) are reduced in
+ * thread order, so results are bit-identical from run to run for a given T.
+ *
+ * Tested by tests/test_kernels_fd.c (finite differences and naive references).
+ */
+#ifndef FS_CPU_INTERNAL_H
+#define FS_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "kernels/backend.h"
+
+/* Floats of per-thread scratch owned by the context, used by the transposed
+ * convolutions (their table entries take no workspace). Chunks of pixels are
+ * sized so that cout·4 floats per pixel fit; cout ≤ 16384. */
+#define FS_CPU_SCRATCH_FLOATS ((size_t)1 << 16)
+
+typedef struct {
+    int nthreads;   /* OpenMP threads used by every op on this context */
+    float *scratch; /* nthreads × FS_CPU_SCRATCH_FLOATS, 64-byte aligned */
+} fs_cpu_ctx;
+
+/* The thread count requested through fs_backend_cpu_set_threads (0 = all). */
+int fs_cpu_requested_threads(void);
+
+/* Rounds a float count up to a multiple of 16 (64 bytes) so that every
+ * per-thread region of a workspace starts 64-byte aligned. */
+static inline size_t fs_cpu_pad16(size_t floats) { return (floats + 15) & ~(size_t)15; }
+
+/* Threads worth starting for `tasks` independent pieces of work. */
+static inline int fs_cpu_team(const fs_cpu_ctx *c, long tasks)
+{
+    long t = c->nthreads;
+    if (tasks < t) t = tasks;
+    return t < 1 ? 1 : (int)t;
+}
+
+size_t fs_cpu_conv_ws_bytes(void *ctx, const fs_conv_shape *s);
+fs_status fs_cpu_conv_fwd(void *ctx, const fs_conv_shape *s, const float *x, const float *w,
+                          const float *b, float *y, void *ws);
+fs_status fs_cpu_conv_bwd_data(void *ctx, const fs_conv_shape *s, const float *dy,
+                               const float *w, float *dx, void *ws);
+fs_status fs_cpu_conv_bwd_filter(void *ctx, const fs_conv_shape *s, const float *x,
+                                 const float *dy, float *dw, float *db, void *ws);
+fs_status fs_cpu_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
+                           const float *b, float *y);
+fs_status fs_cpu_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float *dy,
+                                const float *w, float *dx);
+fs_status fs_cpu_convt_bwd_filter(void *ctx, const fs_convt_shape *s, const float *x,
+                                  const float *dy, float *dw, float *db);
+
+fs_status fs_cpu_norm_act_fwd(void *ctx, int n, int c, int hw, const float *x,
+                              const float *gamma, const float *beta, float eps, float slope,
+                              float *y, float *mean, float *rstd);
+fs_status fs_cpu_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
+                              const float *gamma, const float *beta, float slope,
+                              const float *mean, const float *rstd, const float *dy,
+                              float *dx, float *dgamma, float *dbeta);
+fs_status fs_cpu_maxpool_fwd(void *ctx, int n, int c, int h, int w, const float *x, float *y);
+fs_status fs_cpu_maxpool_bwd(void *ctx, int n, int c, int h, int w, const float *x,
+                             const float *dy, float *dx);
+fs_status fs_cpu_concat_fwd(void *ctx, int n, int ca, int cb, int hw, const float *a,
+                            const float *b, float *y);
+fs_status fs_cpu_concat_bwd(void *ctx, int n, int ca, int cb, int hw, const float *dy,
+                            float *da, float *db);
+
+size_t fs_cpu_loss_ws_bytes(void *ctx, int n, int k, int hw);
+fs_status fs_cpu_loss_fwd_bwd(void *ctx, int n, int k, int hw, const float *logits,
+                              const uint8_t *labels, float smooth, float *loss,
+                              float *dlogits, void *ws);
+fs_status fs_cpu_adam_step(void *ctx, size_t count, float *w, const float *g, float *m,
+                           float *v, const float *w_ref, fs_adam_hp hp, float *state);
+
+#endif
