@@ -63,7 +63,7 @@ out, gpu, cpu, nvcc, torch = sys.argv[1:6]
 json.dump(dict(gpu=gpu, cpu=cpu, cores=os.cpu_count(), nvcc=nvcc, torch=torch,
                date=time.strftime("%Y-%m-%d %H:%M:%S %Z")), open(out, "w"), indent=1)
 EOF
-cat "$OUT/machine_gpu.json"
+cat "$OUT/machine_gpu.json"; echo
 
 # --- run ---------------------------------------------------------------------------
 status=0

@@ -2,7 +2,7 @@
 # repository root:
 #
 #   docker build -f docker/node.Dockerfile -t fedseg-node .
-#   docker run --rm --gpus all fedseg-node info --preset ref
+#   docker run --rm --gpus all fedseg-node info --model ref
 #
 # Stage 1 (builder): CUDA 13 devel on Ubuntu 24.04 with the -dev packages fedseg
 # needs; configures and builds fedseg (Release, CUDA backend for sm_90 + PTX,

@@ -22,7 +22,8 @@
  * result is the same on every run with the same thread count).
  *
  * Tested by tests/test_kernels_fd.c: forward against a naive double-precision
- * loop, backward against central finite differences.
+ * loop, backward against central finite differences, and a shape with many
+ * input channels (several bands per image) against naive loops both ways.
  */
 #include <omp.h>
 #include <string.h>

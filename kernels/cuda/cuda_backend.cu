@@ -45,6 +45,7 @@ fs_status fs_cuda_fail(cudaError_t e, const char *call, const char *file, int li
 {
     fprintf(stderr, "fedseg: error: %s:%d: %s: %s (%s)\n", short_file(file), line, call,
             cudaGetErrorString(e), cudaGetErrorName(e));
+    cudaGetLastError(); /* so a later launch check does not report it again */
     return FS_ERR_DEVICE;
 }
 
@@ -199,6 +200,14 @@ static fs_status cuda_ctx_init(void **out, int device)
                                                       : CUBLAS_DEFAULT_MATH));
         /* Keep memory freed by cudaFreeAsync cached in the default pool, so the
          * scratch of convt / norm backward costs no OS call per step. */
+        int pools = 0;
+        INIT_CU(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
+        if (!pools) {
+            fprintf(stderr, "fedseg: error: CUDA device %d has no stream-ordered memory pools "
+                            "(needed by the transposed conv and norm backward)\n", device);
+            st = FS_ERR_UNSUPPORTED;
+            goto fail;
+        }
         cudaMemPool_t pool;
         INIT_CU(cudaDeviceGetDefaultMemPool(&pool, device));
         uint64_t threshold = UINT64_MAX;
