@@ -102,7 +102,7 @@ static void layer_bwd(layer *L, const float *da, void *ws)
 {
     const fs_conv_shape *s = &L->s;
     TIMED(T_NORM_B, be->norm_act_bwd(ctx, s->n, s->cout, s->h * s->w, L->y, L->gam, L->bet, SLOPE,
-                                     L->mean, L->rstd, da, L->dy, L->dgam, L->dbet));
+                                     L->mean, L->rstd, da, L->dy, L->dgam, L->dbet, ws));
     TIMED(T_CONV_BF, be->conv_bwd_filter(ctx, s, L->x, L->dy, L->dw, L->db, ws));
     if (L->dx) TIMED(T_CONV_BD, be->conv_bwd_data(ctx, s, L->dy, L->w, L->dx, ws));
 }
@@ -191,15 +191,22 @@ int main(int argc, char **argv)
     float *loss = balloc(1);
     uint8_t *lab = (uint8_t *)balloc((size_t)n * size * size / 4 + 1);
 
-    /* one workspace for every conv and the loss */
+    /* one workspace for every conv, transposed conv, norm and the loss */
     size_t wsb = be->loss_ws_bytes(ctx, n, CLASSES, size * size), b2;
     layer *all[4 * DEPTH + 2];
     int nall = 0;
     for (int i = 0; i < DEPTH; i++) { all[nall++] = &enc[i][0]; all[nall++] = &enc[i][1]; }
     all[nall++] = &mid[0]; all[nall++] = &mid[1];
     for (int i = 0; i < DEPTH; i++) { all[nall++] = &dec[i][0]; all[nall++] = &dec[i][1]; }
-    for (int i = 0; i < nall; i++)
-        if ((b2 = be->conv_ws_bytes(ctx, &all[i]->s)) > wsb) wsb = b2;
+    for (int i = 0; i < nall; i++) {
+        const fs_conv_shape *s = &all[i]->s;
+        if ((b2 = be->conv_ws_bytes(ctx, s)) > wsb) wsb = b2;
+        if ((b2 = be->norm_ws_bytes(ctx, s->n, s->cout, s->h * s->w)) > wsb) wsb = b2;
+    }
+    for (int i = 0; i < DEPTH; i++) {
+        fs_convt_shape ts = {.n = n, .cin = ch[i + 1], .cout = ch[i], .h = sz[i + 1], .w = sz[i + 1]};
+        if ((b2 = be->convt_ws_bytes(ctx, &ts)) > wsb) wsb = b2;
+    }
     if ((b2 = be->conv_ws_bytes(ctx, &hs)) > wsb) wsb = b2;
     void *ws = balloc(wsb / sizeof(float) + 1);
 
@@ -270,7 +277,7 @@ int main(int argc, char **argv)
         const float *cur = mid[1].a;
         for (int i = DEPTH - 1; i >= 0; i--) {
             fs_convt_shape ts = {.n = n, .cin = ch[i + 1], .cout = ch[i], .h = sz[i + 1], .w = sz[i + 1]};
-            TIMED(T_CONVT_F, be->convt_fwd(ctx, &ts, cur, upw[i], upb[i], up[i]));
+            TIMED(T_CONVT_F, be->convt_fwd(ctx, &ts, cur, upw[i], upb[i], up[i], ws));
             TIMED(T_CAT_F, be->concat_fwd(ctx, n, ch[i], ch[i], sz[i] * sz[i], up[i], enc[i][1].a, cat[i]));
             layer_fwd(&dec[i][0], ws);
             layer_fwd(&dec[i][1], ws);
@@ -290,8 +297,8 @@ int main(int argc, char **argv)
             TIMED(T_CAT_B, be->concat_bwd(ctx, n, ch[i], ch[i], sz[i] * sz[i], dec[i][0].dx, dup[i], dskip[i]));
             fs_convt_shape ts = {.n = n, .cin = ch[i + 1], .cout = ch[i], .h = sz[i + 1], .w = sz[i + 1]};
             const float *tin = i + 1 < DEPTH ? dec[i + 1][1].a : mid[1].a;
-            TIMED(T_CONVT_BF, be->convt_bwd_filter(ctx, &ts, tin, dup[i], updw[i], updb[i]));
-            TIMED(T_CONVT_BD, be->convt_bwd_data(ctx, &ts, dup[i], upw[i], dtin[i]));
+            TIMED(T_CONVT_BF, be->convt_bwd_filter(ctx, &ts, tin, dup[i], updw[i], updb[i], ws));
+            TIMED(T_CONVT_BD, be->convt_bwd_data(ctx, &ts, dup[i], upw[i], dtin[i], ws));
             da = dtin[i];
         }
         layer_bwd(&mid[1], da, ws);

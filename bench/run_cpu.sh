@@ -58,16 +58,18 @@ fi
 # --- machine ---------------------------------------------------------------------
 "$PYTHON" - "$OUT/machine_cpu.json" "$THREADS" <<'EOF'
 import json, os, platform, sys, time, torch
-cpu = "unknown"
+info = {}
 try:
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if ":" in line:
+                k, v = (t.strip() for t in line.split(":", 1))
+                info.setdefault(k, v)
 except OSError:
     pass
-json.dump(dict(cpu=cpu, cores=os.cpu_count(), threads=int(sys.argv[2]),
+simd = [x for x in ("avx2", "fma", "avx512f", "avx512_bf16") if x in info.get("flags", "").split()]
+json.dump(dict(cpu=info.get("model name", "unknown"), cpu_family=info.get("cpu family"),
+               cpu_model=info.get("model"), simd=simd, cores=os.cpu_count(), threads=int(sys.argv[2]),
                kernel=platform.release(), python=platform.python_version(),
                torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M:%S %Z")),
           open(sys.argv[1], "w"), indent=1)

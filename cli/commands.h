@@ -11,5 +11,6 @@ int fs_cmd_train(int argc, char **argv);
 int fs_cmd_eval(int argc, char **argv);
 int fs_cmd_predict(int argc, char **argv);
 int fs_cmd_info(int argc, char **argv);
+int fs_cmd_provision(int argc, char **argv);
 
 #endif

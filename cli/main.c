@@ -19,6 +19,7 @@ static const command commands[] = {
     {"eval", fs_cmd_eval, "Dice (WT/TC/ET) of a checkpoint on a site folder"},
     {"predict", fs_cmd_predict, "segment one case, write a NIfTI label map and a picture"},
     {"info", fs_cmd_info, "layers and parameter count of a model preset"},
+    {"provision", fs_cmd_provision, "make consortium certificates and startup kits, or add a site"},
 };
 
 static void usage(FILE *f)

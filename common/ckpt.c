@@ -48,7 +48,7 @@ fs_status fs_ckpt_write(const char *path, const fs_ckpt_meta *meta, const float 
     memcpy(hdr, MAGIC, 8);
     put32(hdr + 8, FS_CKPT_VERSION);
     put32(hdr + 12, HDR_BYTES);
-    strncpy((char *)hdr + 16, meta->preset, 15);
+    memcpy(hdr + 16, meta->preset, strnlen(meta->preset, 15)); /* NUL-padded: hdr is zeroed */
     put32(hdr + 32, meta->base);
     put32(hdr + 36, meta->depth);
     put32(hdr + 40, meta->size);

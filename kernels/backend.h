@@ -19,8 +19,14 @@
  * Memory: every float / uint8 pointer passed to an op is *backend memory*
  * (host memory for the CPU backend, device memory for CUDA). Move data with
  * upload / download. Ops never allocate; scratch space comes from the caller,
- * sized by the *_ws_bytes functions. All ops on one context run in order on one
- * stream (CUDA); results are visible to the host after sync().
+ * sized by the *_ws_bytes functions (conv_ws_bytes, convt_ws_bytes,
+ * norm_ws_bytes, loss_ws_bytes) for that shape on that context. A workspace
+ * holds nothing between calls, so one buffer as large as the largest need
+ * serves every op of a model; it must not overlap the op's other buffers.
+ * Sizes never shrink as n grows, so a workspace sized for the largest batch
+ * serves every smaller one.
+ * All ops on one context run in order on one stream (CUDA); results are
+ * visible to the host after sync().
  *
  * Every op returns FS_OK or an error status; an op a backend lacks returns
  * FS_ERR_UNSUPPORTED. Output buffers are fully overwritten unless an op says it
@@ -79,27 +85,37 @@ typedef struct fs_backend {
                                  const float *dy, float *dw, float *db, void *ws);
 
     /* --- 2×2 stride-2 transposed convolution ---------------------------- */
+    /* Scratch bytes each transposed-conv op needs for this shape (0 allowed);
+     * one buffer of this size serves all three. */
+    size_t (*convt_ws_bytes)(void *ctx, const fs_convt_shape *s);
     /* y[n,co,2i+a,2j+c] = b[co] + Σ_ci x[n,ci,i,j]·w[ci,co,a,c] */
     fs_status (*convt_fwd)(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
-                           const float *b, float *y);
+                           const float *b, float *y, void *ws);
+    /* dx[n,ci,i,j] = Σ_{co,a,c} w[ci,co,a,c]·dy[n,co,2i+a,2j+c] (overwrites dx) */
     fs_status (*convt_bwd_data)(void *ctx, const fs_convt_shape *s, const float *dy,
-                                const float *w, float *dx);
+                                const float *w, float *dx, void *ws);
+    /* dw[ci,co,a,c] = Σ_{n,i,j} x[n,ci,i,j]·dy[n,co,2i+a,2j+c], db = Σ_{n,y,x} dy
+     * (both overwritten) */
     fs_status (*convt_bwd_filter)(void *ctx, const fs_convt_shape *s, const float *x,
-                                  const float *dy, float *dw, float *db);
+                                  const float *dy, float *dw, float *db, void *ws);
 
     /* --- instance norm (affine) + LeakyReLU, fused ----------------------- */
     /* Per (n,c) plane of hw elements: mean, biased variance var,
      * rstd = 1/sqrt(var + eps), z = gamma[c]·(x − mean)·rstd + beta[c],
-     * y = z > 0 ? z : slope·z. Saves mean[n*C+c] and rstd[n*C+c] for backward. */
+     * y = z > 0 ? z : slope·z. Saves mean[n*C+c] and rstd[n*C+c] for backward.
+     * Needs no scratch. */
     fs_status (*norm_act_fwd)(void *ctx, int n, int c, int hw, const float *x,
                               const float *gamma, const float *beta, float eps, float slope,
                               float *y, float *mean, float *rstd);
+    /* Scratch bytes norm_act_bwd needs for n images of c planes of hw values
+     * (0 allowed: ws may then be NULL). */
+    size_t (*norm_ws_bytes)(void *ctx, int n, int c, int hw);
     /* Given x, the saved mean/rstd and dy: dx (overwritten), dgamma and dbeta
      * (overwritten, summed over n). The LeakyReLU mask is recomputed from z. */
     fs_status (*norm_act_bwd)(void *ctx, int n, int c, int hw, const float *x,
                               const float *gamma, const float *beta, float slope,
                               const float *mean, const float *rstd, const float *dy,
-                              float *dx, float *dgamma, float *dbeta);
+                              float *dx, float *dgamma, float *dbeta, void *ws);
 
     /* --- 2×2 max-pool, stride 2 (h, w even) ------------------------------ */
     fs_status (*maxpool_fwd)(void *ctx, int n, int c, int h, int w, const float *x, float *y);

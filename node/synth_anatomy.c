@@ -5,7 +5,8 @@
  * The T1 (by default Colin27, skull-stripped, Debian mricron-data) becomes
  * eight uint8 channels per voxel (synth_internal.h): the T1 in units of the
  * white-matter mean, soft CSF/GM/WM memberships, the brain mask, nearness to
- * the brain's surface and nearness to the ventricles. Memberships are the
+ * the brain's surface, nearness to the ventricles and a blurred white-matter
+ * membership. Memberships are the
  * posteriors of a 3-class Gaussian mixture fitted by EM to the histogram of
  * brain intensities, so voxels between two tissues get a partial membership of
  * both (partial volume). "Ventricles" are CSF voxels far from the brain's
@@ -238,6 +239,11 @@ fs_status sy_anatomy_load(const char *path, sy_anatomy *a)
     box_blur3(blur, tmp, a->nx, a->ny, a->nz, r4[0], r4[1], r4[2]);
     for (size_t i = 0; i < n; i++)
         if (a->ch[i * SY_NCH + SY_MASK]) a->ch[i * SY_NCH + SY_VENT] = to_u8(blur[i] / 0.3f);
+    /* White matter blurred over ~±4 mm: edema follows tracts with smooth borders. */
+    for (size_t i = 0; i < n; i++) blur[i] = a->ch[i * SY_NCH + SY_WM] / 255.0f;
+    box_blur3(blur, tmp, a->nx, a->ny, a->nz, r4[0], r4[1], r4[2]);
+    for (size_t i = 0; i < n; i++)
+        if (a->ch[i * SY_NCH + SY_MASK]) a->ch[i * SY_NCH + SY_WMS] = to_u8(blur[i]);
     free(tmp);
     free(blur);
     return FS_OK;

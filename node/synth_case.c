@@ -42,7 +42,7 @@ static const float cls_gm[NMOD] = {0.72f, 0.74f, 1.38f, 1.28f};
 /* Tumour compartments, same units: edema, non-enhancing core, enhancing,
  * necrosis, and the FLAIR/T2-bright non-tumour lesions. */
 static const float cmp_edema[NMOD] = {0.80f, 0.80f, 1.70f, 1.50f};
-static const float cmp_net[NMOD] = {0.66f, 0.74f, 1.62f, 1.38f};
+static const float cmp_net[NMOD] = {0.72f, 0.76f, 1.72f, 1.50f};
 static const float cmp_enh[NMOD] = {0.72f, 1.70f, 1.42f, 1.30f};
 static const float cmp_nec[NMOD] = {0.42f, 0.45f, 2.05f, 0.95f};
 static const float cmp_lesion[NMOD] = {0.85f, 0.86f, 1.62f, 1.52f};
@@ -107,8 +107,8 @@ static void draw_patient(const sy_anatomy *a, const sy_site *s, fs_rng *r, patie
     memset(p, 0, sizeof *p);
     p->hgg = fs_rng_uniform(r) < s->p_hgg;
     p->necrotic = p->hgg && fs_rng_uniform(r) < s->p_necrotic;
-    p->r0 = clampf(s->radius_mean * expf(s->radius_sd * (float)fs_rng_normal(r)), 6.0f, 32.0f);
-    if (!p->hgg) p->r0 = clampf(p->r0 * 1.1f, 6.0f, 32.0f);
+    p->r0 = clampf(s->radius_mean * expf(s->radius_sd * (float)fs_rng_normal(r)), 6.0f, 28.0f);
+    if (!p->hgg) p->r0 = clampf(p->r0 * 1.1f, 6.0f, 28.0f);
     if (!pick_point(a, r, 0.0f, p->c)) {
         p->c[0] = 0.5f * a->nx * a->dx; p->c[1] = 0.55f * a->ny * a->dy; p->c[2] = 0.6f * a->nz * a->dz;
     }
@@ -118,6 +118,8 @@ static void draw_patient(const sy_anatomy *a, const sy_site *s, fs_rng *r, patie
                               : -0.3f + 0.9f * (float)fs_rng_uniform(r);
     p->re = clampf(s->edema_mean * expf(0.22f * (float)fs_rng_normal(r)), 1.15f, 3.6f);
     if (!p->hgg) p->re = clampf(0.75f * p->re, 1.1f, 3.0f);
+    /* Whole tumour within ~45 mm of the centre (about 380 cm3 at most). */
+    if (p->re * p->r0 > 45.0f) p->re = fmaxf(1.1f, 45.0f / p->r0);
     p->wm_pref = 0.35f + 0.5f * (float)fs_rng_uniform(r);
     p->mass = p->hgg ? 0.08f + 0.3f * (float)fs_rng_uniform(r) : 0.12f * (float)fs_rng_uniform(r);
     float sc0 = 1.0f + 0.03f * (float)fs_rng_normal(r);
@@ -141,7 +143,7 @@ static void draw_patient(const sy_anatomy *a, const sy_site *s, fs_rng *r, patie
     }
     for (int k = 0; k < 4; k++)
         for (int m = 0; m < NMOD; m++) p->jit[k][m] = 1.0f + 0.07f * (float)fs_rng_normal(r);
-    p->vessel_amp = 0.55f + 0.35f * (float)fs_rng_uniform(r);
+    p->vessel_amp = 0.6f + 0.5f * (float)fs_rng_uniform(r);
     p->choroid_amp = 0.5f + 0.4f * (float)fs_rng_uniform(r);
 }
 
@@ -244,6 +246,9 @@ fs_status sy_case_generate(const sy_anatomy *a, const sy_site *s, int case_no, u
     const float gm_t1 = a->gmm_mean[1] / a->gmm_mean[2], csf_t1 = a->gmm_mean[0] / a->gmm_mean[2];
     const float rm = p.r0 * 1.6f;
     const float ed_width = 0.13f * p.re, core_w = clampf(1.0f / p.r0, 0.04f, 0.12f);
+    /* A core without necrosis has an infiltrative, ill-defined margin: its
+     * signal fades into the edema over a few mm while the label stops at s = 1. */
+    const float margin_w = p.necrotic ? core_w : 3.0f * core_w;
     for (int k = 0; k < nz && st == FS_OK; k++)
         for (int j = 0; j < ny; j++)
             for (int i = 0; i < nx; i++) {
@@ -306,13 +311,13 @@ fs_status sy_case_generate(const sy_anatomy *a, const sy_site *s, int case_no, u
                 if (fabsf(d[0]) < reach && fabsf(d[1]) < reach && fabsf(d[2]) < reach) {
                     float dist = sqrtf(r2) / p.r0;
                     float sd = dist - p.lob * sy_noise_eval(&f[F_LOB], x[0], x[1], x[2]);
-                    float core = sigm((1.0f - sd) / core_w);
+                    float core = sigm((1.0f - sd) / margin_w);
                     float nl = sy_noise_eval(&f[F_NEC], x[0], x[1], x[2]);
                     float nec = p.necrotic ? sigm((p.s_nec + 0.1f * nl - sd) / core_w) : 0;
                     float en = sy_noise_eval(&f[F_ENH], x[0], x[1], x[2]);
                     float enh = p.hgg ? sigm((p.enh_bias + 0.8f * en + 1.5f * (sd - p.s_nec)) / 0.25f) : 0;
                     float fing = sy_noise_eval(&f[F_ED], x[0], x[1], x[2]);
-                    float re_eff = p.re * (1.0f + p.wm_pref * (pw - 0.5f)) + 0.18f * p.re * fing;
+                    float re_eff = p.re * (1.0f + p.wm_pref * (ch[SY_WMS] - 0.5f)) + 0.18f * p.re * fing;
                     float pe = sigm((re_eff - sd) / ed_width) * (1.0f - pc);
                     float tt = 1.0f + 0.06f * sy_noise_eval(&f[F_TTEX], x[0], x[1], x[2]);
                     for (int m = 0; m < NMOD; m++) {

@@ -14,7 +14,7 @@
 #include "kernels/status.h"
 
 /* Channels of the anatomy, interleaved per voxel (uint8, 0..255). */
-enum { SY_T1 = 0, SY_CSF, SY_GM, SY_WM, SY_MASK, SY_SURF, SY_VENT, SY_NCH = 8 };
+enum { SY_T1 = 0, SY_CSF, SY_GM, SY_WM, SY_MASK, SY_SURF, SY_VENT, SY_WMS, SY_NCH };
 #define SY_T1_SCALE 200.0f /* stored = t1 / WM mean · 200 */
 
 typedef struct {
@@ -27,7 +27,8 @@ typedef struct {
 
 /* Load a skull-stripped T1 volume and derive the channels: normalised T1,
  * CSF/GM/WM memberships (3-class Gaussian mixture, posterior = soft partial
- * volume), brain mask, nearness to the brain surface and to the ventricles. */
+ * volume), brain mask, nearness to the brain surface and to the ventricles,
+ * and the white-matter membership blurred over a few mm (edema spread). */
 fs_status sy_anatomy_load(const char *path, sy_anatomy *a);
 void sy_anatomy_free(sy_anatomy *a);
 

@@ -278,6 +278,12 @@ fs_status fs_unet_create(fs_unet **out, const fs_backend *be, void *ctx, int bas
             TAKE(m->up[i], N * m->ch[i] * plane(m, i));
             TAKE(m->cat[i], N * 2 * m->ch[i] * plane(m, i));
             TAKE(m->dcat[i], N * 2 * m->ch[i] * plane(m, i));
+            if (!pass) {
+                fs_convt_shape ts = {max_batch, m->ch[i + 1], m->ch[i], size >> (i + 1),
+                                     size >> (i + 1)};
+                size_t wt = be->convt_ws_bytes(ctx, &ts);
+                if (wt > wsb) wsb = wt;
+            }
         }
         for (int k = 0; k < nb; k++) {
             block *b = blocks[k];
@@ -288,8 +294,10 @@ fs_status fs_unet_create(fs_unet **out, const fs_backend *be, void *ctx, int bas
                 fs_conv_shape s1 = {max_batch, b->cin, b->cout, b->h, b->w, 3};
                 fs_conv_shape s2 = {max_batch, b->cout, b->cout, b->h, b->w, 3};
                 size_t w1 = be->conv_ws_bytes(ctx, &s1), w2 = be->conv_ws_bytes(ctx, &s2);
+                size_t wn = be->norm_ws_bytes(ctx, max_batch, b->cout, b->h * b->w);
                 if (w1 > wsb) wsb = w1;
                 if (w2 > wsb) wsb = w2;
+                if (wn > wsb) wsb = wn;
             }
         }
         TAKE(m->logits, N * K * plane(m, 0));
@@ -415,7 +423,8 @@ static fs_status forward(fs_unet *m, int n)
     for (int i = m->depth - 1; i >= 0; i--) {
         int hs = m->size >> (i + 1);
         fs_convt_shape ts = {n, m->ch[i + 1], m->ch[i], hs, hs};
-        FS_TRY(be->convt_fwd(m->ctx, &ts, prev, P + m->off.up_w[i], P + m->off.up_b[i], m->up[i]));
+        FS_TRY(be->convt_fwd(m->ctx, &ts, prev, P + m->off.up_w[i], P + m->off.up_b[i], m->up[i],
+                             m->ws));
         FS_TRY(be->concat_fwd(m->ctx, n, m->ch[i], m->ch[i], (int)plane(m, i), m->up[i],
                               m->enc[i].h2, m->cat[i]));
         FS_TRY(block_fwd(m, &m->dec[i], m->cat[i], n));
@@ -439,11 +448,11 @@ static fs_status block_bwd(fs_unet *m, block *b, const float *x, float *dh2, flo
     fs_conv_shape s1 = {n, b->cin, b->cout, b->h, b->w, 3};
     fs_conv_shape s2 = {n, b->cout, b->cout, b->h, b->w, 3};
     FS_TRY(be->norm_act_bwd(m->ctx, n, b->cout, hw, b->a2, P + b->o.g2, P + b->o.be2, LRELU_SLOPE,
-                            b->mean2, b->rstd2, dh2, m->gB, G + b->o.g2, G + b->o.be2));
+                            b->mean2, b->rstd2, dh2, m->gB, G + b->o.g2, G + b->o.be2, m->ws));
     FS_TRY(be->conv_bwd_filter(m->ctx, &s2, b->h1, m->gB, G + b->o.w2, G + b->o.b2, m->ws));
     FS_TRY(be->conv_bwd_data(m->ctx, &s2, m->gB, P + b->o.w2, m->gC, m->ws));
     FS_TRY(be->norm_act_bwd(m->ctx, n, b->cout, hw, b->a1, P + b->o.g1, P + b->o.be1, LRELU_SLOPE,
-                            b->mean1, b->rstd1, m->gC, m->gB, G + b->o.g1, G + b->o.be1));
+                            b->mean1, b->rstd1, m->gC, m->gB, G + b->o.g1, G + b->o.be1, m->ws));
     FS_TRY(be->conv_bwd_filter(m->ctx, &s1, x, m->gB, G + b->o.w1, G + b->o.b1, m->ws));
     if (dx) FS_TRY(be->conv_bwd_data(m->ctx, &s1, m->gB, P + b->o.w1, dx, m->ws));
     return FS_OK;
@@ -472,8 +481,9 @@ static fs_status backward(fs_unet *m, int n)
         const float *prev = i == m->depth - 1 ? m->mid.h2 : m->dec[i + 1].h2;
         int hs2 = m->size >> (i + 1);
         fs_convt_shape ts = {n, m->ch[i + 1], c, hs2, hs2};
-        FS_TRY(be->convt_bwd_filter(m->ctx, &ts, prev, m->gY, G + m->off.up_w[i], G + m->off.up_b[i]));
-        FS_TRY(be->convt_bwd_data(m->ctx, &ts, m->gY, P + m->off.up_w[i], m->gX));
+        FS_TRY(be->convt_bwd_filter(m->ctx, &ts, prev, m->gY, G + m->off.up_w[i], G + m->off.up_b[i],
+                                    m->ws));
+        FS_TRY(be->convt_bwd_data(m->ctx, &ts, m->gY, P + m->off.up_w[i], m->gX, m->ws));
     }
     FS_TRY(block_bwd(m, &m->mid, m->pool[m->depth - 1], m->gX, m->gY, n));
     /* encoder, bottom level first; gY holds the gradient of pool[i] */

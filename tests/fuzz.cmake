@@ -2,7 +2,7 @@
 # through the targets with a plain driver (tests/fuzz/replay.c); with
 # -DFS_FUZZ=ON and clang as the C compiler, real libFuzzer programs
 # fuzz_nifti and fuzz_ckpt are built as well (docs/kernels.md § Fuzzing).
-foreach(t nifti ckpt)
+foreach(t nifti ckpt wire)
   add_executable(fuzz_replay_${t} ${CMAKE_CURRENT_LIST_DIR}/fuzz/replay.c ${CMAKE_CURRENT_LIST_DIR}/fuzz/fuzz_${t}.c)
   target_link_libraries(fuzz_replay_${t} PRIVATE fs_node)
   add_test(NAME fuzz_replay_${t} COMMAND fuzz_replay_${t} ${CMAKE_CURRENT_LIST_DIR}/fuzz/corpus/${t})

@@ -6,7 +6,8 @@
  *
  * Inputs are random with odd shapes (n = 3, c = 5 / 7, 9×9 and 13×11 planes,
  * a 128×128 norm plane, 2×2 planes, a conv large enough to be split into
- * image chunks). Every buffer is allocated with PAD sentinel floats on each
+ * image chunks, a transposed conv with 16500 output channels). Every buffer,
+ * workspaces included, is allocated with PAD sentinel floats on each
  * side (inputs and outputs with different bit patterns) that must come back
  * untouched; outputs the op must overwrite start as NaN, so an element the op
  * forgets shows up as a mismatch; inputs must come back bit-identical.
@@ -207,16 +208,21 @@ static void run_convt(bk *k, const fs_convt_shape *s, const float *x, const floa
 {
     const size_t hw = (size_t)s->h * s->w, nx = (size_t)s->n * s->cin * hw,
                  ny = (size_t)s->n * s->cout * 4 * hw, nw = (size_t)s->cin * s->cout * 4;
+    const size_t wsb = k->be->convt_ws_bytes(k->ctx, s), wsf = (wsb + 3) / 4 + 1;
+    CHECK(wsb > 0, "%s convt_ws_bytes is 0", k->name);
+    float *ws = buf_new(k, wsf, NULL, 0u, SENT_OUT);
     float *dx_ = IN(k, nx, x), *dw_ = IN(k, nw, w), *db_ = IN(k, (size_t)s->cout, b),
           *ddy = IN(k, ny, dy);
     float *oy = OUT(k, ny), *odx = OUT(k, nx), *odw = OUT(k, nw), *odb = OUT(k, (size_t)s->cout);
-    ST(k, k->be->convt_fwd(k->ctx, s, dx_, dw_, db_, oy), "convt_fwd");
-    ST(k, k->be->convt_bwd_data(k->ctx, s, ddy, dw_, odx), "convt_bwd_data");
-    ST(k, k->be->convt_bwd_filter(k->ctx, s, dx_, ddy, odw, odb), "convt_bwd_filter");
+    ST(k, k->be->convt_fwd(k->ctx, s, dx_, dw_, db_, oy, ws), "convt_fwd");
+    ST(k, k->be->convt_bwd_data(k->ctx, s, ddy, dw_, odx, ws), "convt_bwd_data");
+    ST(k, k->be->convt_bwd_filter(k->ctx, s, dx_, ddy, odw, odb, ws), "convt_bwd_filter");
     out[0] = take_out(k, oy, ny, "convt y");
     out[1] = take_out(k, odx, nx, "convt dx");
     out[2] = take_out(k, odw, nw, "convt dw");
     out[3] = take_out(k, odb, (size_t)s->cout, "convt db");
+    free(buf_get(k, ws, wsf, SENT_OUT, "convt workspace"));
+    buf_free(k, ws);
     drop_in(k, dx_, nx, x, "convt x");
     drop_in(k, dw_, nw, w, "convt w");
     drop_in(k, db_, (size_t)s->cout, b, "convt b");
@@ -275,11 +281,16 @@ static void run_norm_bwd(bk *k, int n, int c, int hw, const float *x, const floa
     float *dx_ = IN(k, nx, x), *dg = IN(k, (size_t)c, gm), *db = IN(k, (size_t)c, bt),
           *dm = IN(k, np, mean), *dr = IN(k, np, rstd), *ddy = IN(k, nx, dy);
     float *odx = OUT(k, nx), *odg = OUT(k, (size_t)c), *odb = OUT(k, (size_t)c);
-    ST(k, k->be->norm_act_bwd(k->ctx, n, c, hw, dx_, dg, db, SLOPE, dm, dr, ddy, odx, odg, odb),
+    const size_t wsb = k->be->norm_ws_bytes(k->ctx, n, c, hw), wsf = (wsb + 3) / 4 + 1;
+    float *ws = buf_new(k, wsf, NULL, 0u, SENT_OUT);
+    ST(k, k->be->norm_act_bwd(k->ctx, n, c, hw, dx_, dg, db, SLOPE, dm, dr, ddy, odx, odg, odb,
+                              ws),
        "norm_act_bwd");
     out[0] = take_out(k, odx, nx, "norm dx");
     out[1] = take_out(k, odg, (size_t)c, "norm dgamma");
     out[2] = take_out(k, odb, (size_t)c, "norm dbeta");
+    free(buf_get(k, ws, wsf, SENT_OUT, "norm workspace"));
+    buf_free(k, ws);
     drop_in(k, dx_, nx, x, "norm x");
     drop_in(k, dg, (size_t)c, gm, "norm gamma");
     drop_in(k, db, (size_t)c, bt, "norm beta");
@@ -643,7 +654,10 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof convs / sizeof *convs; i++) test_conv(&cpu, &gpu, convs[i]);
 
-    const fs_convt_shape convts[] = {{3, 7, 5, 5, 6}, {3, 5, 7, 13, 11}, {2, 16, 8, 1, 1}};
+    const fs_convt_shape convts[] = {
+        {3, 7, 5, 5, 6}, {3, 5, 7, 13, 11}, {2, 16, 8, 1, 1},
+        {2, 3, 16500, 2, 3}, /* more output channels than the CPU once allowed */
+    };
     for (size_t i = 0; i < sizeof convts / sizeof *convts; i++) test_convt(&cpu, &gpu, convts[i]);
 
     test_norm(&cpu, &gpu, 3, 5, 9, 9);

@@ -53,7 +53,7 @@ rc=$?
 grep -q "mricron-data" "$T/err" || bad "missing anatomy: message does not say how to get it: $(cat "$T/err")"
 grep -q "nope.nii.gz" "$T/err" || bad "missing anatomy: message does not name the file"
 
-ARGS="--cases-per-site 1,1,1 --quiet"
+ARGS="--cases-per-site 1,1,1 --voxel-scale 1.5 --quiet"
 "$FEDSEG" synth --out "$T/a" $ARGS --seed 5 --threads 1 || bad "run a failed"
 "$FEDSEG" synth --out "$T/b" $ARGS --seed 5 --threads 2 || bad "run b failed"
 diff -r "$T/a" "$T/b" > /dev/null || bad "same seed, different bytes (1 vs 2 threads)"

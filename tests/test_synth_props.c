@@ -6,8 +6,8 @@
  *     tumour; tumour lies inside the brain (non-zero images);
  *   - the sites store different datatypes (int16 with scl_slope, uint16,
  *     float32) as site.json says;
- *   - the sites differ measurably: mean whole-tumour volume (site 3 > site 1 >
- *     site 2 by design), and the annotation style — the FLAIR contrast between
+ *   - the sites differ measurably: mean tumour-core volume (site 3 > site 1 >
+ *     site 2 by design; whole tumour: sites 1 and 3 > site 2), and the annotation style — the FLAIR contrast between
  *     labelled edema and normal white matter (z-scored per volume) is highest
  *     where edema is outlined tightly (site 3) and lowest where it is outlined
  *     loosely (site 2);
@@ -60,7 +60,7 @@ int main(void)
     if (st != FS_OK) return check_result();
 
     const int want_dt[NS] = {NIFTI_TYPE_INT16, NIFTI_TYPE_UINT16, NIFTI_TYPE_FLOAT32};
-    double wt_mean[NS] = {0}, flair_contrast[NS] = {0}, t1_wm_csf[NS] = {0}, t2_wm_csf[NS] = {0};
+    double wt_mean[NS] = {0}, tc_mean[NS] = {0}, flair_contrast[NS] = {0}, t1_wm_csf[NS] = {0}, t2_wm_csf[NS] = {0};
     char path[1024];
     for (int k = 0; k < NS; k++) {
         snprintf(path, sizeof path, "%s/site_%d/montage.png", out, k + 1);
@@ -94,11 +94,12 @@ int main(void)
                       mods[m]);
             size_t n = (size_t)v[0].nx * v[0].ny * v[0].nz;
             uint8_t *brain = calloc(n, 1), *edema = calloc(n, 1), *wm = calloc(n, 1), *csf = calloc(n, 1);
-            long tumour = 0, bad = 0, outside = 0;
+            long tumour = 0, core = 0, bad = 0, outside = 0;
             for (size_t i = 0; i < n; i++) {
                 float l = v[4].data[i];
                 if (!(l == 0 || l == 1 || l == 2 || l == 4)) bad++;
                 if (l != 0) tumour++;
+                if (l == 1 || l == 4) core++;
                 brain[i] = v[0].data[i] > 0 || v[3].data[i] > 0;
                 if (l != 0 && !brain[i]) outside++;
                 edema[i] = l == 2;
@@ -108,6 +109,7 @@ int main(void)
             CHECK(outside == 0, "%s: %ld tumour voxels outside the brain", id, outside);
             double vv = (double)v[0].dx * v[0].dy * v[0].dz / 1000.0;
             wt_mean[k] += tumour * vv / NC;
+            tc_mean[k] += core * vv / NC;
             /* z-score each modality in the brain. */
             double mu[4], sd[4];
             for (int m = 0; m < 4; m++) mean_sd(v[m].data, brain, n, &mu[m], &sd[m]);
@@ -138,17 +140,21 @@ int main(void)
             for (int m = 0; m < 5; m++) fs_volume_free(&v[m]);
         }
         flair_contrast[k] /= NC;
-        fprintf(stderr, "site_%d: mean whole tumour %.1f cm3, mean FLAIR edema-WM contrast %.2f sd, "
+        fprintf(stderr, "site_%d: mean whole tumour %.1f cm3, core %.1f cm3, mean FLAIR edema-WM contrast %.2f sd, "
                         "T1 WM-CSF %.2f sd, T2 WM-CSF %.2f sd\n",
-                k + 1, wt_mean[k], flair_contrast[k], t1_wm_csf[k], t2_wm_csf[k]);
+                k + 1, wt_mean[k], tc_mean[k], flair_contrast[k], t1_wm_csf[k], t2_wm_csf[k]);
         CHECK(t1_wm_csf[k] > 1.0, "site_%d: white matter not brighter than CSF on T1 (%.2f sd)", k + 1, t1_wm_csf[k]);
         CHECK(t2_wm_csf[k] < -0.5, "site_%d: white matter not darker than CSF on T2 (%.2f sd)", k + 1, t2_wm_csf[k]);
         CHECK(flair_contrast[k] > 0.3, "site_%d: edema not brighter than white matter on FLAIR (%.2f sd)", k + 1,
               flair_contrast[k]);
     }
-    /* Sites differ: tumour size (site 3 large, site 2 small) and edema outline. */
-    CHECK(wt_mean[2] > 1.2 * wt_mean[0] && wt_mean[0] > 1.2 * wt_mean[1],
-          "tumour volumes do not differ by site as designed: %.1f, %.1f, %.1f cm3", wt_mean[0], wt_mean[1],
+    /* Sites differ: tumour size (core radius: site 3 large, site 2 small; the
+     * whole tumour also depends on the edema outline) and edema outline. */
+    CHECK(tc_mean[2] > 1.5 * tc_mean[0] && tc_mean[0] > 1.5 * tc_mean[1],
+          "tumour core volumes do not differ by site as designed: %.1f, %.1f, %.1f cm3", tc_mean[0], tc_mean[1],
+          tc_mean[2]);
+    CHECK(wt_mean[2] > 1.3 * wt_mean[1] && wt_mean[0] > 1.3 * wt_mean[1],
+          "whole-tumour volumes do not differ by site as designed: %.1f, %.1f, %.1f cm3", wt_mean[0], wt_mean[1],
           wt_mean[2]);
     CHECK(flair_contrast[2] > flair_contrast[1] + 0.3,
           "edema outlines: tight site 3 (%.2f sd) not brighter on FLAIR than loose site 2 (%.2f sd)",

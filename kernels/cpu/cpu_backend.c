@@ -3,9 +3,9 @@
  * its table of ops (the specification every other backend is tested against).
  *
  * Memory is ordinary host memory: alloc returns zero-filled 64-byte aligned
- * blocks, upload / download are memcpy, sync does nothing. The context holds the
- * thread count and the per-thread scratch used by the transposed convolutions;
- * ctx_init also pins OpenBLAS to one thread, because the ops parallelise over
+ * blocks, upload / download are memcpy, sync does nothing. The context holds
+ * only the thread count (scratch comes from the caller's workspace); ctx_init
+ * also pins OpenBLAS to one thread, because the ops parallelise over
  * images themselves and the skinny per-image GEMMs thread badly inside BLAS.
  *
  * Tested by tests/test_kernels_fd.c.
@@ -28,24 +28,12 @@ static fs_status cpu_ctx_init(void **out, int device)
     if (t <= 0) t = omp_get_num_procs();
     if (t < 1) t = 1;
     c->nthreads = t;
-    size_t bytes = (size_t)t * FS_CPU_SCRATCH_FLOATS * sizeof(float);
-    c->scratch = aligned_alloc(64, bytes);
-    if (!c->scratch) {
-        free(c);
-        return FS_ERR_NOMEM;
-    }
     openblas_set_num_threads(1);
     *out = c;
     return FS_OK;
 }
 
-static void cpu_ctx_free(void *ctx)
-{
-    fs_cpu_ctx *c = ctx;
-    if (!c) return;
-    free(c->scratch);
-    free(c);
-}
+static void cpu_ctx_free(void *ctx) { free(ctx); }
 
 /* Zero-filled, 64-byte aligned; a request of 0 bytes still returns a block. */
 static fs_status cpu_alloc(void *ctx, void **p, size_t bytes)
@@ -113,10 +101,12 @@ static const fs_backend fs_cpu_table = {
     .conv_fwd = fs_cpu_conv_fwd,
     .conv_bwd_data = fs_cpu_conv_bwd_data,
     .conv_bwd_filter = fs_cpu_conv_bwd_filter,
+    .convt_ws_bytes = fs_cpu_convt_ws_bytes,
     .convt_fwd = fs_cpu_convt_fwd,
     .convt_bwd_data = fs_cpu_convt_bwd_data,
     .convt_bwd_filter = fs_cpu_convt_bwd_filter,
     .norm_act_fwd = fs_cpu_norm_act_fwd,
+    .norm_ws_bytes = fs_cpu_norm_ws_bytes,
     .norm_act_bwd = fs_cpu_norm_act_bwd,
     .maxpool_fwd = fs_cpu_maxpool_fwd,
     .maxpool_bwd = fs_cpu_maxpool_bwd,

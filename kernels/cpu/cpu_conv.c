@@ -13,6 +13,9 @@
  *   forward   T[Cout·4×P] = Wᵀ · X[Cin×P], scattered to the 2×2 output blocks
  *   bwd data  dX[Cin×P]   = W[Cin×Cout·4] · gather(dY)[Cout·4×P]
  *   bwd filt  dW          += X[Cin×P] · gather(dY)ᵀ
+ * A chunk holds as many pixels as fit Cout·4 floats each in about
+ * FS_CONVT_CHUNK_FLOATS (at least one pixel, so any Cout works); T or
+ * gather(dY) for one chunk is each thread's share of the workspace.
  * For 3×3 the column matrix is built for a band of whole rows at a time
  * (about FS_CONV_CHUNK_FLOATS floats, so it stays in cache while the GEMM packs
  * and reads it), and the GEMMs above run per band. GEMMs go to OpenBLAS
@@ -25,6 +28,7 @@
  * loop, backward against central finite differences, and a shape with many
  * input channels (several bands per image) against naive loops both ways.
  */
+#include <limits.h>
 #include <omp.h>
 #include <string.h>
 #include <cblas.h>
@@ -37,10 +41,11 @@ static int conv_shape_ok(const fs_conv_shape *s)
            (s->k == 3 || s->k == 1);
 }
 
+/* 4·cout and h·w are GEMM dimensions (int for BLAS). */
 static int convt_shape_ok(const fs_convt_shape *s)
 {
     return s && s->n > 0 && s->cin > 0 && s->cout > 0 && s->h > 0 && s->w > 0 &&
-           (size_t)s->cout * 4 <= FS_CPU_SCRATCH_FLOATS;
+           s->cout <= INT_MAX / 4 && (size_t)s->h * s->w <= INT_MAX;
 }
 
 /* Target size of one band of the column matrix, in floats (256 KiB). */
@@ -283,12 +288,40 @@ fs_status fs_cpu_conv_bwd_filter(void *ctx, const fs_conv_shape *s, const float 
     return FS_OK;
 }
 
-/* Pixels per transposed-conv chunk so that cout·4 floats per pixel fit one
- * thread's scratch, capped at the image size. */
+/* Target size of one thread's transposed-conv buffer, in floats (256 KiB). */
+#define FS_CONVT_CHUNK_FLOATS ((size_t)1 << 16)
+
+/* Pixels per transposed-conv chunk: as many as fit cout·4 floats each in the
+ * target, at least one, at most the image. */
 static size_t convt_chunk(const fs_convt_shape *s)
 {
-    size_t hw = (size_t)s->h * s->w, p = FS_CPU_SCRATCH_FLOATS / ((size_t)s->cout * 4);
+    size_t hw = (size_t)s->h * s->w, p = FS_CONVT_CHUNK_FLOATS / ((size_t)s->cout * 4);
+    if (p < 1) p = 1;
     return p < hw ? p : hw;
+}
+
+/* Floats of one thread's buffer (T or gather(dy) for one chunk). */
+static size_t convt_buf_floats(const fs_convt_shape *s)
+{
+    return fs_cpu_pad16((size_t)s->cout * 4 * convt_chunk(s));
+}
+
+/* Threads the transposed-conv ops start: forward and backward data split
+ * (image, chunk) pairs, backward filter splits input channels. */
+static int convt_team(const fs_cpu_ctx *c, const fs_convt_shape *s)
+{
+    const size_t hw = (size_t)s->h * s->w, chunk = convt_chunk(s);
+    const long tasks = (long)s->n * (long)((hw + chunk - 1) / chunk);
+    const int a = fs_cpu_team(c, tasks), b = fs_cpu_team(c, s->cin);
+    return a > b ? a : b;
+}
+
+/* Workspace: one chunk buffer per thread, shared by the three ops. */
+size_t fs_cpu_convt_ws_bytes(void *ctx, const fs_convt_shape *s)
+{
+    const fs_cpu_ctx *c = ctx;
+    if (!c || !convt_shape_ok(s)) return 0;
+    return (size_t)convt_team(c, s) * convt_buf_floats(s) * sizeof(float);
 }
 
 /* gather(dy) for pixels [p0, p0+np) of input-sized grid: g[(co·4+a·2+e)][q] =
@@ -322,16 +355,17 @@ static void convt_gather(const fs_convt_shape *s, const float *restrict dyi, siz
 
 /* y = convt(x, w) + b. Work items are (image, pixel chunk) pairs. */
 fs_status fs_cpu_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
-                           const float *b, float *y)
+                           const float *b, float *y, void *ws)
 {
     fs_cpu_ctx *c = ctx;
-    if (!c || !convt_shape_ok(s) || !x || !w || !b || !y) return FS_ERR_ARG;
+    if (!c || !convt_shape_ok(s) || !x || !w || !b || !y || !ws) return FS_ERR_ARG;
     const int cin = s->cin, cout = s->cout, c4 = 4 * s->cout, wd = s->w, w2 = 2 * s->w;
     const size_t hw = (size_t)s->h * s->w, ohw = 4 * hw, chunk = convt_chunk(s);
+    const size_t bufn = convt_buf_floats(s);
     const long nchunks = (long)((hw + chunk - 1) / chunk), tasks = (long)s->n * nchunks;
 #pragma omp parallel num_threads(fs_cpu_team(c, tasks))
     {
-        float *tbuf = c->scratch + (size_t)omp_get_thread_num() * FS_CPU_SCRATCH_FLOATS;
+        float *tbuf = (float *)ws + (size_t)omp_get_thread_num() * bufn;
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             const int i = (int)(task / nchunks);
@@ -366,16 +400,17 @@ fs_status fs_cpu_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, c
 
 /* dx = W · gather(dy), per (image, pixel chunk). */
 fs_status fs_cpu_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float *dy,
-                                const float *w, float *dx)
+                                const float *w, float *dx, void *ws)
 {
     fs_cpu_ctx *c = ctx;
-    if (!c || !convt_shape_ok(s) || !dy || !w || !dx) return FS_ERR_ARG;
+    if (!c || !convt_shape_ok(s) || !dy || !w || !dx || !ws) return FS_ERR_ARG;
     const int cin = s->cin, c4 = 4 * s->cout;
     const size_t hw = (size_t)s->h * s->w, ohw = 4 * hw, chunk = convt_chunk(s);
+    const size_t bufn = convt_buf_floats(s);
     const long nchunks = (long)((hw + chunk - 1) / chunk), tasks = (long)s->n * nchunks;
 #pragma omp parallel num_threads(fs_cpu_team(c, tasks))
     {
-        float *g = c->scratch + (size_t)omp_get_thread_num() * FS_CPU_SCRATCH_FLOATS;
+        float *g = (float *)ws + (size_t)omp_get_thread_num() * bufn;
 #pragma omp for schedule(static)
         for (long task = 0; task < tasks; task++) {
             const int i = (int)(task / nchunks);
@@ -393,18 +428,19 @@ fs_status fs_cpu_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float 
  * thread walks all images and chunks in order for its rows, so the result
  * needs no cross-thread reduction. db = Σ dy. */
 fs_status fs_cpu_convt_bwd_filter(void *ctx, const fs_convt_shape *s, const float *x,
-                                  const float *dy, float *dw, float *db)
+                                  const float *dy, float *dw, float *db, void *ws)
 {
     fs_cpu_ctx *c = ctx;
-    if (!c || !convt_shape_ok(s) || !x || !dy || !dw || !db) return FS_ERR_ARG;
+    if (!c || !convt_shape_ok(s) || !x || !dy || !dw || !db || !ws) return FS_ERR_ARG;
     const int cin = s->cin, c4 = 4 * s->cout;
     const size_t hw = (size_t)s->h * s->w, ohw = 4 * hw, chunk = convt_chunk(s);
+    const size_t bufn = convt_buf_floats(s);
     const int team = fs_cpu_team(c, cin);
 #pragma omp parallel num_threads(team)
     {
         const int t = omp_get_thread_num();
         const int r0 = (int)((long)cin * t / team), r1 = (int)((long)cin * (t + 1) / team);
-        float *g = c->scratch + (size_t)t * FS_CPU_SCRATCH_FLOATS;
+        float *g = (float *)ws + (size_t)t * bufn;
         float beta = 0.0f;
         for (int i = 0; i < s->n && r1 > r0; i++) {
             for (size_t p0 = 0; p0 < hw; p0 += chunk) {

@@ -18,14 +18,8 @@
 #include <stdint.h>
 #include "kernels/backend.h"
 
-/* Floats of per-thread scratch owned by the context, used by the transposed
- * convolutions (their table entries take no workspace). Chunks of pixels are
- * sized so that cout·4 floats per pixel fit; cout ≤ 16384. */
-#define FS_CPU_SCRATCH_FLOATS ((size_t)1 << 16)
-
 typedef struct {
-    int nthreads;   /* OpenMP threads used by every op on this context */
-    float *scratch; /* nthreads × FS_CPU_SCRATCH_FLOATS, 64-byte aligned */
+    int nthreads; /* OpenMP threads used by every op on this context */
 } fs_cpu_ctx;
 
 /* The thread count requested through fs_backend_cpu_set_threads (0 = all). */
@@ -50,20 +44,22 @@ fs_status fs_cpu_conv_bwd_data(void *ctx, const fs_conv_shape *s, const float *d
                                const float *w, float *dx, void *ws);
 fs_status fs_cpu_conv_bwd_filter(void *ctx, const fs_conv_shape *s, const float *x,
                                  const float *dy, float *dw, float *db, void *ws);
+size_t fs_cpu_convt_ws_bytes(void *ctx, const fs_convt_shape *s);
 fs_status fs_cpu_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
-                           const float *b, float *y);
+                           const float *b, float *y, void *ws);
 fs_status fs_cpu_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float *dy,
-                                const float *w, float *dx);
+                                const float *w, float *dx, void *ws);
 fs_status fs_cpu_convt_bwd_filter(void *ctx, const fs_convt_shape *s, const float *x,
-                                  const float *dy, float *dw, float *db);
+                                  const float *dy, float *dw, float *db, void *ws);
 
 fs_status fs_cpu_norm_act_fwd(void *ctx, int n, int c, int hw, const float *x,
                               const float *gamma, const float *beta, float eps, float slope,
                               float *y, float *mean, float *rstd);
+size_t fs_cpu_norm_ws_bytes(void *ctx, int n, int c, int hw);
 fs_status fs_cpu_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
                               const float *gamma, const float *beta, float slope,
                               const float *mean, const float *rstd, const float *dy,
-                              float *dx, float *dgamma, float *dbeta);
+                              float *dx, float *dgamma, float *dbeta, void *ws);
 fs_status fs_cpu_maxpool_fwd(void *ctx, int n, int c, int h, int w, const float *x, float *y);
 fs_status fs_cpu_maxpool_bwd(void *ctx, int n, int c, int h, int w, const float *x,
                              const float *dy, float *dx);

@@ -91,14 +91,22 @@ fs_status fs_cpu_norm_act_fwd(void *ctx, int n, int c, int hw, const float *x,
     return FS_OK;
 }
 
+/* The CPU backward keeps its sums in registers and dx: no workspace. */
+size_t fs_cpu_norm_ws_bytes(void *ctx, int n, int c, int hw)
+{
+    (void)ctx; (void)n; (void)c; (void)hw;
+    return 0;
+}
+
 /* dx, dγ, dβ for the fused op; threads split the channels. Pass 1 stores
  * dz in dx and sums dz and dz·x̂ (blocked like plane_sum); pass 2 turns dx
- * into the input gradient in place. */
+ * into the input gradient in place. ws is unused (its size is 0). */
 fs_status fs_cpu_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
                               const float *gamma, const float *beta, float slope,
                               const float *mean, const float *rstd, const float *dy,
-                              float *dx, float *dgamma, float *dbeta)
+                              float *dx, float *dgamma, float *dbeta, void *ws)
 {
+    (void)ws;
     fs_cpu_ctx *cx = ctx;
     if (!cx || n <= 0 || c <= 0 || hw <= 0 || !x || !gamma || !beta || !mean || !rstd || !dy ||
         !dx || !dgamma || !dbeta)

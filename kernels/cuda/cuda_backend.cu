@@ -1,8 +1,8 @@
 /*
  * kernels/cuda/cuda_backend.cu — the CUDA backend's table, its context (stream,
  * cuBLAS handle, CUDA graph), memory movement, and the shared helpers declared
- * in cuda_internal.h (error reporting, row-major GEMM, stream-ordered scratch,
- * channel sums, NCHW → CNHW layout change).
+ * in cuda_internal.h (error reporting, row-major GEMM, channel sums, NCHW →
+ * CNHW layout change).
  *
  * Context: one non-blocking stream per context; every op is enqueued on it and
  * none synchronises with the host, so a whole training step can be captured in
@@ -68,26 +68,6 @@ fs_status fs_cuda_enter(fs_cuda_ctx *c)
     FS_CU(cudaGetDevice(&cur));
     if (cur != c->device) FS_CU(cudaSetDevice(c->device));
     return FS_OK;
-}
-
-fs_status fs_cuda_tmp_alloc(fs_cuda_ctx *c, void **p, size_t bytes)
-{
-    *p = NULL;
-    if (bytes == 0) return FS_OK;
-    cudaError_t e = cudaMallocAsync(p, bytes, c->stream);
-    if (e != cudaSuccess) {
-        *p = NULL;
-        fs_cuda_fail(e, "cudaMallocAsync(scratch)", __FILE__, __LINE__);
-        return e == cudaErrorMemoryAllocation ? FS_ERR_NOMEM : FS_ERR_DEVICE;
-    }
-    return FS_OK;
-}
-
-void fs_cuda_tmp_free(fs_cuda_ctx *c, void *p)
-{
-    if (!p) return;
-    cudaError_t e = cudaFreeAsync(p, c->stream);
-    if (e != cudaSuccess) fs_cuda_fail(e, "cudaFreeAsync(scratch)", __FILE__, __LINE__);
 }
 
 fs_status fs_cuda_gemm(fs_cuda_ctx *c, bool ta, bool tb, int M, int N, int K, float alpha,
@@ -198,20 +178,6 @@ static fs_status cuda_ctx_init(void **out, int device)
         const int use_tf32 = tf32 && strcmp(tf32, "1") == 0;
         INIT_BLAS(cublasSetMathMode(c->blas, use_tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
                                                       : CUBLAS_DEFAULT_MATH));
-        /* Keep memory freed by cudaFreeAsync cached in the default pool, so the
-         * scratch of convt / norm backward costs no OS call per step. */
-        int pools = 0;
-        INIT_CU(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device));
-        if (!pools) {
-            fprintf(stderr, "fedseg: error: CUDA device %d has no stream-ordered memory pools "
-                            "(needed by the transposed conv and norm backward)\n", device);
-            st = FS_ERR_UNSUPPORTED;
-            goto fail;
-        }
-        cudaMemPool_t pool;
-        INIT_CU(cudaDeviceGetDefaultMemPool(&pool, device));
-        uint64_t threshold = UINT64_MAX;
-        INIT_CU(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
     }
 #undef INIT_CU
 #undef INIT_BLAS
@@ -421,10 +387,12 @@ static fs_backend make_table(void)
     t.conv_fwd = fs_cuda_conv_fwd;
     t.conv_bwd_data = fs_cuda_conv_bwd_data;
     t.conv_bwd_filter = fs_cuda_conv_bwd_filter;
+    t.convt_ws_bytes = fs_cuda_convt_ws_bytes;
     t.convt_fwd = fs_cuda_convt_fwd;
     t.convt_bwd_data = fs_cuda_convt_bwd_data;
     t.convt_bwd_filter = fs_cuda_convt_bwd_filter;
     t.norm_act_fwd = fs_cuda_norm_act_fwd;
+    t.norm_ws_bytes = fs_cuda_norm_ws_bytes;
     t.norm_act_bwd = fs_cuda_norm_act_bwd;
     t.maxpool_fwd = fs_cuda_maxpool_fwd;
     t.maxpool_bwd = fs_cuda_maxpool_bwd;

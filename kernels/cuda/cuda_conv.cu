@@ -28,8 +28,8 @@
  *                  y[n,co,2i+a,2j+c] = T[co·4+a·2+c][n·hw + i·W + j] + b[co]
  *   backward data  dyP = the inverse shuffle of dy; dx_n = w · dyP[:, n]
  *   backward filt  dw = xT · dyPᵀ (one GEMM over N·hw), db = channel sums
- * The table gives these ops no workspace, so T / dyP / xT come from
- * stream-ordered scratch (fs_cuda_tmp_alloc), which graph capture supports.
+ * T, dyP and xT live in the caller's workspace (fs_cuda_convt_ws_bytes: dyP
+ * or T, then xT), so the ops allocate nothing and capture into a graph as is.
  *
  * Every GEMM is exact fp32 unless FS_CUDA_TF32=1 (see cuda_backend.cu).
  * Tested by tests/test_cuda_parity.c.
@@ -253,6 +253,20 @@ static int convt_ok(const fs_convt_shape *s)
            (size_t)s->n * s->cout * 4 * hw <= FS_CUDA_MAX_ELEMS;
 }
 
+/* Floats of T / dyP (rounded up to 64, so xT after it is 256-byte aligned). */
+static size_t convt_t_floats(const fs_convt_shape *s)
+{
+    return ((size_t)4 * s->cout * s->n * s->h * s->w + 63) & ~(size_t)63;
+}
+
+/* Workspace: T (forward) or dyP (backward), then xT (backward filter). */
+size_t fs_cuda_convt_ws_bytes(void *ctx, const fs_convt_shape *s)
+{
+    (void)ctx;
+    if (!convt_ok(s)) return 0;
+    return (convt_t_floats(s) + (size_t)s->cin * s->n * s->h * s->w) * sizeof(float);
+}
+
 /* Between dy / y (N×Cout×2H×2W) and the GEMM layout T[(co·4 + a·2 + c)][n·hw + i·W + j]
  * for pixel (2i+a, 2j+c). One thread per image element (coalesced on that side).
  *   TO_T:  t[...] = img[idx]                  (dy → dyP)
@@ -293,65 +307,51 @@ static fs_status launch_shuffle(fs_cuda_ctx *c, const fs_convt_shape *s, const f
 
 /* y = convt(x, w) + b via T = wᵀ·x and a shuffle. */
 fs_status fs_cuda_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
-                            const float *b, float *y)
+                            const float *b, float *y, void *ws)
 {
     fs_cuda_ctx *c = (fs_cuda_ctx *)ctx;
     if (!c || !convt_ok(s)) return FS_BAD(FS_ERR_ARG, "convt_fwd: bad shape");
-    if (!x || !w || !b || !y) return FS_BAD(FS_ERR_ARG, "convt_fwd: NULL buffer");
+    if (!x || !w || !b || !y || !ws) return FS_BAD(FS_ERR_ARG, "convt_fwd: NULL buffer");
     FS_TRY(fs_cuda_enter(c));
     const size_t hw = (size_t)s->h * s->w, nhw = (size_t)s->n * hw;
     const int c4 = 4 * s->cout;
-    void *tmp = NULL;
-    FS_TRY(fs_cuda_tmp_alloc(c, &tmp, (size_t)c4 * nhw * sizeof(float)));
-    float *t = (float *)tmp;
-    fs_status st = fs_cuda_gemm(c, true, false, c4, (int)hw, s->cin, 1.0f, w, c4, 0, x, (int)hw,
-                                (long long)s->cin * hw, 0.0f, t, (int)nhw, (long long)hw, s->n);
-    if (st == FS_OK) st = launch_shuffle<false>(c, s, b, t, y);
-    fs_cuda_tmp_free(c, tmp);
-    return st;
+    float *t = (float *)ws;
+    FS_TRY(fs_cuda_gemm(c, true, false, c4, (int)hw, s->cin, 1.0f, w, c4, 0, x, (int)hw,
+                        (long long)s->cin * hw, 0.0f, t, (int)nhw, (long long)hw, s->n));
+    return launch_shuffle<false>(c, s, b, t, y);
 }
 
 /* dx_n = w · dyP[:, n] with dyP the shuffled dy. */
 fs_status fs_cuda_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float *dy,
-                                 const float *w, float *dx)
+                                 const float *w, float *dx, void *ws)
 {
     fs_cuda_ctx *c = (fs_cuda_ctx *)ctx;
     if (!c || !convt_ok(s)) return FS_BAD(FS_ERR_ARG, "convt_bwd_data: bad shape");
-    if (!dy || !w || !dx) return FS_BAD(FS_ERR_ARG, "convt_bwd_data: NULL buffer");
+    if (!dy || !w || !dx || !ws) return FS_BAD(FS_ERR_ARG, "convt_bwd_data: NULL buffer");
     FS_TRY(fs_cuda_enter(c));
     const size_t hw = (size_t)s->h * s->w, nhw = (size_t)s->n * hw;
     const int c4 = 4 * s->cout;
-    void *tmp = NULL;
-    FS_TRY(fs_cuda_tmp_alloc(c, &tmp, (size_t)c4 * nhw * sizeof(float)));
-    float *dyp = (float *)tmp;
-    fs_status st = launch_shuffle<true>(c, s, NULL, dy, dyp);
-    if (st == FS_OK)
-        st = fs_cuda_gemm(c, false, false, s->cin, (int)hw, c4, 1.0f, w, c4, 0, dyp, (int)nhw,
-                          (long long)hw, 0.0f, dx, (int)hw, (long long)s->cin * hw, s->n);
-    fs_cuda_tmp_free(c, tmp);
-    return st;
+    float *dyp = (float *)ws;
+    FS_TRY(launch_shuffle<true>(c, s, NULL, dy, dyp));
+    return fs_cuda_gemm(c, false, false, s->cin, (int)hw, c4, 1.0f, w, c4, 0, dyp, (int)nhw,
+                        (long long)hw, 0.0f, dx, (int)hw, (long long)s->cin * hw, s->n);
 }
 
 /* dw = xT · dyPᵀ over all N·hw pixels; db = channel sums of dy. */
 fs_status fs_cuda_convt_bwd_filter(void *ctx, const fs_convt_shape *s, const float *x,
-                                   const float *dy, float *dw, float *db)
+                                   const float *dy, float *dw, float *db, void *ws)
 {
     fs_cuda_ctx *c = (fs_cuda_ctx *)ctx;
     if (!c || !convt_ok(s)) return FS_BAD(FS_ERR_ARG, "convt_bwd_filter: bad shape");
-    if (!x || !dy || !dw || !db) return FS_BAD(FS_ERR_ARG, "convt_bwd_filter: NULL buffer");
+    if (!x || !dy || !dw || !db || !ws)
+        return FS_BAD(FS_ERR_ARG, "convt_bwd_filter: NULL buffer");
     FS_TRY(fs_cuda_enter(c));
     const size_t hw = (size_t)s->h * s->w, nhw = (size_t)s->n * hw;
     const int c4 = 4 * s->cout;
-    const size_t dyp_f = (((size_t)c4 * nhw) + 63) & ~(size_t)63;
-    void *tmp = NULL;
-    FS_TRY(fs_cuda_tmp_alloc(c, &tmp, (dyp_f + (size_t)s->cin * nhw) * sizeof(float)));
-    float *dyp = (float *)tmp, *xt = (float *)tmp + dyp_f;
-    fs_status st = launch_shuffle<true>(c, s, NULL, dy, dyp);
-    if (st == FS_OK) st = fs_cuda_nchw_to_cnhw(c, s->n, s->cin, hw, x, xt);
-    if (st == FS_OK)
-        st = fs_cuda_gemm(c, false, true, s->cin, c4, (int)nhw, 1.0f, xt, (int)nhw, 0, dyp,
-                          (int)nhw, 0, 0.0f, dw, c4, 0, 1);
-    if (st == FS_OK) st = fs_cuda_channel_sum(c, s->n, s->cout, 4 * hw, dy, db);
-    fs_cuda_tmp_free(c, tmp);
-    return st;
+    float *dyp = (float *)ws, *xt = (float *)ws + convt_t_floats(s);
+    FS_TRY(launch_shuffle<true>(c, s, NULL, dy, dyp));
+    FS_TRY(fs_cuda_nchw_to_cnhw(c, s->n, s->cin, hw, x, xt));
+    FS_TRY(fs_cuda_gemm(c, false, true, s->cin, c4, (int)nhw, 1.0f, xt, (int)nhw, 0, dyp,
+                        (int)nhw, 0, 0.0f, dw, c4, 0, 1));
+    return fs_cuda_channel_sum(c, s->n, s->cout, 4 * hw, dy, db);
 }

@@ -58,14 +58,6 @@ fs_status fs_cuda_complain(fs_status st, const char *file, int line, const char 
 /* Makes ctx's device current for this thread (cheap when it already is). */
 fs_status fs_cuda_enter(fs_cuda_ctx *c);
 
-/* Stream-ordered scratch for ops whose signature has no workspace (transposed
- * conv, norm backward): cudaMallocAsync / cudaFreeAsync on the context stream.
- * Both are legal inside stream capture (they become graph memory nodes), so an
- * op using them can still be captured; eagerly they come from the device's
- * default memory pool, which ctx_init tells to keep freed memory cached. */
-fs_status fs_cuda_tmp_alloc(fs_cuda_ctx *c, void **p, size_t bytes);
-void fs_cuda_tmp_free(fs_cuda_ctx *c, void *p);
-
 /* Row-major strided-batched GEMM on the context stream:
  *   C_i = alpha · op(A_i) · op(B_i) + beta · C_i,  i = 0 .. batch−1,
  *   op(A_i) is M×K, op(B_i) is K×N, C_i is M×N; X_i = X + i·strideX;
@@ -132,19 +124,21 @@ fs_status fs_cuda_conv_bwd_data(void *ctx, const fs_conv_shape *s, const float *
                                 const float *w, float *dx, void *ws);
 fs_status fs_cuda_conv_bwd_filter(void *ctx, const fs_conv_shape *s, const float *x,
                                   const float *dy, float *dw, float *db, void *ws);
+size_t fs_cuda_convt_ws_bytes(void *ctx, const fs_convt_shape *s);
 fs_status fs_cuda_convt_fwd(void *ctx, const fs_convt_shape *s, const float *x, const float *w,
-                            const float *b, float *y);
+                            const float *b, float *y, void *ws);
 fs_status fs_cuda_convt_bwd_data(void *ctx, const fs_convt_shape *s, const float *dy,
-                                 const float *w, float *dx);
+                                 const float *w, float *dx, void *ws);
 fs_status fs_cuda_convt_bwd_filter(void *ctx, const fs_convt_shape *s, const float *x,
-                                   const float *dy, float *dw, float *db);
+                                   const float *dy, float *dw, float *db, void *ws);
 fs_status fs_cuda_norm_act_fwd(void *ctx, int n, int c, int hw, const float *x,
                                const float *gamma, const float *beta, float eps, float slope,
                                float *y, float *mean, float *rstd);
+size_t fs_cuda_norm_ws_bytes(void *ctx, int n, int c, int hw);
 fs_status fs_cuda_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
                                const float *gamma, const float *beta, float slope,
                                const float *mean, const float *rstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta);
+                               float *dx, float *dgamma, float *dbeta, void *ws);
 fs_status fs_cuda_maxpool_fwd(void *ctx, int n, int c, int h, int w, const float *x, float *y);
 fs_status fs_cuda_maxpool_bwd(void *ctx, int n, int c, int h, int w, const float *x,
                               const float *dy, float *dx);

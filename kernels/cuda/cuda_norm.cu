@@ -15,8 +15,9 @@
  * z = γ·((x − mean)·rstd) + β exactly as the CPU writes it, y = LeakyReLU(z).
  * Backward: per plane Σdz and Σdz·x̂ (dz = dy·(z > 0 ? 1 : slope), z recomputed
  * from the saved mean / rstd), dx = γ·rstd·(dz − mean(dz) − x̂·mean(dz·x̂));
- * the per-plane sums go to stream-ordered scratch and a second kernel adds
- * them over images in image order for dγ, dβ (no atomics: deterministic).
+ * the per-plane sums go to the caller's workspace (2 floats per plane,
+ * fs_cuda_norm_ws_bytes) and a second kernel adds them over images in image
+ * order for dγ, dβ (no atomics: deterministic).
  *
  * Tested by tests/test_cuda_parity.c.
  */
@@ -205,21 +206,27 @@ __global__ void norm_param_grad_kernel(int n, int c, const float *__restrict__ p
     }
 }
 
+/* Workspace: (Σdz, Σdz·x̂) for each of the n·c planes. */
+size_t fs_cuda_norm_ws_bytes(void *ctx, int n, int c, int hw)
+{
+    (void)ctx;
+    if (n <= 0 || c <= 0 || hw <= 0) return 0;
+    return (size_t)n * c * 2 * sizeof(float);
+}
+
 fs_status fs_cuda_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
                                const float *gamma, const float *beta, float slope,
                                const float *mean, const float *rstd, const float *dy,
-                               float *dx, float *dgamma, float *dbeta)
+                               float *dx, float *dgamma, float *dbeta, void *ws)
 {
     fs_cuda_ctx *cx = (fs_cuda_ctx *)ctx;
     if (!cx || n <= 0 || c <= 0 || hw <= 0 || (size_t)n * c * hw > FS_CUDA_MAX_ELEMS)
         return FS_BAD(FS_ERR_ARG, "norm_act_bwd: bad shape");
-    if (!x || !gamma || !beta || !mean || !rstd || !dy || !dx || !dgamma || !dbeta)
+    if (!x || !gamma || !beta || !mean || !rstd || !dy || !dx || !dgamma || !dbeta || !ws)
         return FS_BAD(FS_ERR_ARG, "norm_act_bwd: NULL buffer");
     FS_TRY(fs_cuda_enter(cx));
     const unsigned planes = (unsigned)n * (unsigned)c;
-    void *tmp = NULL;
-    FS_TRY(fs_cuda_tmp_alloc(cx, &tmp, (size_t)planes * 2 * sizeof(float)));
-    float *part = (float *)tmp;
+    float *part = (float *)ws;
     const bool vec = hw % 4 == 0 && fs_cuda_aligned16(x) && fs_cuda_aligned16(dy) &&
                      fs_cuda_aligned16(dx);
     const int threads = plane_threads(hw);
@@ -229,13 +236,9 @@ fs_status fs_cuda_norm_act_bwd(void *ctx, int n, int c, int hw, const float *x,
     else
         norm_act_bwd_kernel<false><<<planes, threads, 0, cx->stream>>>(
             c, hw, x, gamma, beta, slope, mean, rstd, dy, dx, part);
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) {
-        norm_param_grad_kernel<<<fs_cuda_blocks((size_t)c, 128), 128, 0, cx->stream>>>(
-            n, c, part, dgamma, dbeta);
-        e = cudaGetLastError();
-    }
-    fs_cuda_tmp_free(cx, tmp);
-    if (e != cudaSuccess) return fs_cuda_fail(e, "norm_act_bwd kernels", __FILE__, __LINE__);
+    FS_LAUNCHED();
+    norm_param_grad_kernel<<<fs_cuda_blocks((size_t)c, 128), 128, 0, cx->stream>>>(
+        n, c, part, dgamma, dbeta);
+    FS_LAUNCHED();
     return FS_OK;
 }

@@ -1,0 +1,1548 @@
+/*
+ * aggregator/round.c — the round state machine (see round.h for the rules
+ * and the files in state_dir; docs/protocol.md § Rounds for the prose).
+ *
+ * Layout of this file:
+ *   helpers          names for logs, paths, a string builder, fsync of folders
+ *   sites            the site table, activity, sampling
+ *   spools           per-(round, site) update files: read back and fold
+ *   state & metrics  round.state, metrics.jsonl
+ *   round life       open, close (the commit sequence), deadline
+ *   resume           replaying the journal in fs_round_open
+ *   public API
+ *
+ * The journal's records (aggregator/journal.h payloads):
+ *   join SITE N                      a site joined with N samples
+ *   open R SITE,SITE,...             round R's selection (a later one for R wins)
+ *   accept R SITE N CRC LOSS WT TC ET TRAIN_S UPLOAD_S BYTES
+ *                                    SITE's update for round R committed (floats in %a)
+ *   close R {json}                   round R decided closed; its metrics line
+ * Records of completed rounds are kept (an audit trail) and skipped on resume.
+ *
+ * Tested by tests/test_round.c.
+ */
+#include "aggregator/round.h"
+#include "aggregator/journal.h"
+#include "aggregator/round_sum.h"
+#include "common/fsutil.h"
+#include "common/log.h"
+#include "common/rng.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PATH_LEN 4096
+
+typedef struct {
+    char name[FS_WIRE_NAME_LEN];
+    int joined;
+    uint64_t join_samples;
+    double last_seen;
+    int selected, submitted, uploading;
+    /* the accepted update of the current round */
+    uint64_t n;
+    uint32_t crc;
+    float loss, dice[3];
+    double train_s, upload_s;
+    uint64_t bytes_recv, bytes_sent;
+} fs_site;
+
+struct fs_round_upload {
+    fs_round_upload *next;
+    size_t site;
+    uint32_t round;
+    fs_wire_update_header hdr;
+    int fd;                   /* the spool, -1 once closed */
+    int dead;                 /* refused or cut off: later chunks are refused */
+    fs_status dead_status;
+    char dead_why[FS_WIRE_REASON_LEN];
+    uint64_t received;        /* parameters */
+    uint32_t crc;
+    double t_begin;
+    char path[PATH_LEN];
+};
+
+struct fs_round {
+    fs_round_config cfg;      /* string pointers below point into this object */
+    char state_dir[PATH_LEN], spool_dir[PATH_LEN], ckpt_path[PATH_LEN], state_path[PATH_LEN],
+        journal_path[PATH_LEN], metrics_path[PATH_LEN];
+    fs_site *sites;
+    size_t n_sites;
+    size_t P;
+    float *model;             /* w_completed */
+    uint32_t model_crc;
+    fs_round_sum sum;
+    uint8_t *rbuf;            /* one chunk of spool bytes */
+    float *fbuf;              /* the same chunk as floats */
+    uint32_t completed;
+    int open;                 /* round completed+1 has its selection */
+    int closing;              /* its close is decided (close record written) */
+    char *close_json;         /* the decided close's metrics line */
+    double opened_at, deadline, quorum_since;
+    unsigned extensions;
+    size_t *order, n_accepted;/* accepted sites, in journal order */
+    fs_journal journal;
+    fs_round_upload *uploads;
+    uint32_t metrics_last;    /* last round with a metrics line */
+    fs_round_crash crash_point;
+    unsigned crash_nth;
+    int dead;
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* WARNING: identities come from peers' certificates; they are printed only
+ * through this, which keeps 63 printable ASCII characters and marks others. */
+static const char *who(const char *id, char buf[72])
+{
+    if (!id) return "(none)";
+    size_t i = 0;
+    for (; id[i] && i < 63; i++) buf[i] = (id[i] > 0x20 && id[i] < 0x7f) ? id[i] : '?';
+    buf[i] = 0;
+    if (id[i]) strcpy(buf + i, "...");
+    return buf;
+}
+
+static int valid_site_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n >= FS_WIRE_NAME_LEN) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Formats a refusal into why (when given) and logs it as a warning naming
+ * the site. Returns st so callers can `return refuse(...)`. */
+static fs_status refuse(fs_status st, const char *identity, char *why, size_t whylen,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static fs_status refuse(fs_status st, const char *identity, char *why, size_t whylen,
+                        const char *fmt, ...)
+{
+    char msg[FS_WIRE_REASON_LEN], nb[72];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (why && whylen) snprintf(why, whylen, "%s", msg);
+    fs_log_warn("site %s refused: %s", who(identity, nb), msg);
+    return st;
+}
+
+static fs_status set_path(char *dst, const char *dir, const char *name)
+{
+    int n = snprintf(dst, PATH_LEN, "%s/%s", dir, name);
+    return (n < 0 || n >= PATH_LEN) ? FS_ERR_ARG : FS_OK;
+}
+
+/* fsync of a folder, so that file creations, renames and deletions in it
+ * survive a power loss. Failure is logged and returned. */
+static fs_status fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0) {
+        fs_log_error("%s: cannot sync the folder: %s", dir, strerror(errno));
+        if (fd >= 0) close(fd);
+        return FS_ERR_IO;
+    }
+    close(fd);
+    return FS_OK;
+}
+
+static int write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Reads up to n bytes (fewer only at end of file). -1 on error. */
+static ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+/* A growing string for JSON lines and journal payloads. */
+typedef struct { char *p; size_t len, cap; int err; } sbuf;
+
+static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+    if (b->err) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0) { b->err = 1; return; }
+        if (b->p && b->len + (size_t)n < b->cap) { b->len += (size_t)n; return; }
+        size_t cap = (b->cap ? b->cap * 2 : 256) + (size_t)n;
+        char *p = realloc(b->p, cap);
+        if (!p) { b->err = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+/* A float as JSON: shortest round-trip-safe text, null for NaN/Inf. */
+static void sb_num(sbuf *b, double v)
+{
+    if (isfinite(v)) sb_printf(b, "%.9g", v);
+    else sb_printf(b, "null");
+}
+
+/* Crash simulation: true when the armed point is reached for the nth time;
+ * the object is dead from then on. */
+static int crash_here(fs_round *a, fs_round_crash p)
+{
+    if (a->crash_point != p || a->crash_nth == 0) return 0;
+    if (--a->crash_nth > 0) return 0;
+    a->crash_point = FS_CRASH_NONE;
+    a->dead = 1;
+    fs_log_warn("round: simulated crash (test point %d)", (int)p);
+    return 1;
+}
+#define CRASH_POINT(a, p) do { if (crash_here((a), (p))) return FS_ERR_IO; } while (0)
+
+/* ---- sites -------------------------------------------------------------- */
+
+static long site_find(const fs_round *a, const char *name)
+{
+    if (!name) return -1;
+    for (size_t i = 0; i < a->n_sites; i++)
+        if (strcmp(a->sites[i].name, name) == 0) return (long)i;
+    return -1;
+}
+
+static int site_active(const fs_round *a, const fs_site *s, double now)
+{
+    return s->joined && (a->cfg.site_timeout_s <= 0 || now - s->last_seen <= a->cfg.site_timeout_s);
+}
+
+static size_t count_active(const fs_round *a, double now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < a->n_sites; i++) n += (size_t)site_active(a, &a->sites[i], now);
+    return n;
+}
+
+/* How many sites a round takes out of `active`: max(min_sites,
+ * ceil(fraction·active)), at most active. */
+static size_t sample_size(const fs_round *a, size_t active)
+{
+    double want = ceil(a->cfg.fraction * (double)active - 1e-9);
+    size_t k = want < 1 ? 1 : (size_t)want;
+    if (k < a->cfg.min_sites) k = a->cfg.min_sites;
+    return k < active ? k : active;
+}
+
+/* Marks k of the candidate sites (indices in site-list order) selected,
+ * drawn by a partial Fisher–Yates shuffle from a generator seeded by
+ * (seed, round, extension): the same inputs always give the same sites. */
+static void draw_sites(fs_round *a, size_t *cand, size_t nc, size_t k, uint32_t round,
+                       unsigned extension)
+{
+    fs_rng r;
+    fs_rng_seed(&r, a->cfg.seed ^ ((uint64_t)extension << 40), round);
+    for (size_t i = 0; i < k && i < nc; i++) {
+        size_t j = i + (size_t)fs_rng_below(&r, nc - i);
+        size_t t = cand[i];
+        cand[i] = cand[j];
+        cand[j] = t;
+        a->sites[cand[i]].selected = 1;
+    }
+}
+
+/* The journal payload "open R site,site,..." for the current selection. */
+static fs_status journal_selection(fs_round *a, uint32_t round)
+{
+    sbuf b = {0};
+    sb_printf(&b, "open %u ", round);
+    int first = 1;
+    for (size_t i = 0; i < a->n_sites; i++)
+        if (a->sites[i].selected) {
+            sb_printf(&b, "%s%s", first ? "" : ",", a->sites[i].name);
+            first = 0;
+        }
+    fs_status st = b.err ? FS_ERR_NOMEM : fs_journal_append(&a->journal, b.p);
+    free(b.p);
+    return st;
+}
+
+static void selection_text(const fs_round *a, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < a->n_sites && used + 1 < n; i++)
+        if (a->sites[i].selected) {
+            int w = snprintf(buf + used, n - used, "%s%s", used ? ", " : "", a->sites[i].name);
+            if (w < 0) break;
+            used += (size_t)w;
+        }
+}
+
+/* ---- spools ------------------------------------------------------------- */
+
+static fs_status spool_path(const fs_round *a, char *dst, uint32_t round, const char *site)
+{
+    int n = snprintf(dst, PATH_LEN, "%s/r%u_%s.upd", a->spool_dir, round, site);
+    return (n < 0 || n >= PATH_LEN) ? FS_ERR_ARG : FS_OK;
+}
+
+/*
+ * The one place where an update enters the sum: reads the accepted spool of
+ * site si (current round) back chunk by chunk and folds n_s·delta into the
+ * sum, then adds the weight n_s. Checks the file's size, every value's
+ * finiteness and the CRC recorded at acceptance. With verify_first the
+ * whole file is checked before anything is folded (the sum is untouched on
+ * failure); without it (the live path, where the bytes were just verified
+ * on arrival) a failure may leave a partial fold and *touched = 1 — the
+ * caller then rebuilds the sum. Failures are logged.
+ */
+static fs_status fold_spool(fs_round *a, size_t si, int verify_first, int *touched)
+{
+    const fs_site *s = &a->sites[si];
+    char path[PATH_LEN];
+    *touched = 0;
+    FS_TRY(spool_path(a, path, a->completed + 1, s->name));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fs_log_error("%s: cannot open the accepted update of site %s: %s", path, s->name,
+                     strerror(errno));
+        return FS_ERR_IO;
+    }
+    struct stat stt;
+    fs_status st = FS_OK;
+    if (fstat(fd, &stt) != 0) stt.st_size = -1;
+    if ((uint64_t)stt.st_size != (uint64_t)a->P * 4u) {
+        fs_log_error("%s: holds %lld bytes, expected %llu", path, (long long)stt.st_size,
+                     (unsigned long long)a->P * 4u);
+        close(fd);
+        return FS_ERR_FORMAT;
+    }
+    for (int pass = verify_first ? 0 : 1; pass < 2 && st == FS_OK; pass++) {
+        if (lseek(fd, 0, SEEK_SET) != 0) { st = FS_ERR_IO; break; }
+        uint32_t crc = 0;
+        for (size_t off = 0; off < a->P;) {
+            size_t n = a->P - off < FS_CHUNK_PARAMS ? a->P - off : FS_CHUNK_PARAMS;
+            ssize_t got = read_full(fd, a->rbuf, n * 4);
+            if (got != (ssize_t)(n * 4)) {
+                fs_log_error("%s: cannot read back: %s", path, got < 0 ? strerror(errno) : "short file");
+                st = FS_ERR_IO;
+                break;
+            }
+            crc = fs_wire_crc32_bytes(crc, a->rbuf, n * 4);
+            if (pass == 0) {
+                size_t bad;
+                if (fs_wire_check_finite(a->rbuf, n * 4, &bad) != FS_OK) {
+                    fs_log_error("%s: parameter %zu is not finite", path, off + bad);
+                    st = FS_ERR_NUMERIC;
+                    break;
+                }
+            } else {
+                fs_wire_copy_f32(a->fbuf, a->rbuf, n * 4);
+                st = fs_round_sum_fold(&a->sum, off, a->fbuf, n, (double)s->n);
+                if (st != FS_OK) {
+                    fs_log_error("%s: cannot fold parameters %zu..%zu: %s", path, off, off + n,
+                                 fs_status_str(st));
+                    break;
+                }
+                *touched = 1;
+            }
+            off += n;
+        }
+        if (st == FS_OK && crc != s->crc) {
+            fs_log_error("%s: CRC-32 %08x differs from the accepted update's %08x", path, crc, s->crc);
+            st = FS_ERR_CHECKSUM;
+        }
+    }
+    close(fd);
+    if (st == FS_OK) st = fs_round_sum_add_weight(&a->sum, (double)s->n);
+    return st;
+}
+
+/* Drops accepted update k (position in a->order) from the round: the site
+ * counts as not submitted and, while selected, is asked to train again. */
+static void drop_accepted(fs_round *a, size_t k, const char *why)
+{
+    size_t si = a->order[k];
+    fs_log_error("round %u: the accepted update of site %s is dropped (%s); the site will be asked "
+                 "for it again", a->completed + 1, a->sites[si].name, why);
+    a->sites[si].submitted = 0;
+    memmove(a->order + k, a->order + k + 1, (a->n_accepted - k - 1) * sizeof *a->order);
+    a->n_accepted--;
+}
+
+/* Rebuilds the round's sum from the accepted spools in journal order (the
+ * order they were folded in the first place, so the bits are the same). */
+static void rebuild_sum(fs_round *a)
+{
+    fs_round_sum_reset(&a->sum);
+    for (size_t k = 0; k < a->n_accepted;) {
+        int touched;
+        if (fold_spool(a, a->order[k], 1, &touched) == FS_OK) { k++; continue; }
+        drop_accepted(a, k, "its spool cannot be read back");
+        /* A verified fold failed midway only on a read error: start over. */
+        if (touched) { rebuild_sum(a); return; }
+    }
+}
+
+/* Deletes every file in the spool folder except the accepted updates of
+ * the current round. */
+static void clean_spools(fs_round *a)
+{
+    DIR *d = opendir(a->spool_dir);
+    if (!d) return;
+    struct dirent *e;
+    char keep[PATH_LEN], path[PATH_LEN];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' && (!e->d_name[1] || (e->d_name[1] == '.' && !e->d_name[2]))) continue;
+        int kept = 0;
+        for (size_t k = 0; k < a->n_accepted && !kept; k++)
+            if (spool_path(a, keep, a->completed + 1, a->sites[a->order[k]].name) == FS_OK &&
+                strcmp(strrchr(keep, '/') + 1, e->d_name) == 0)
+                kept = 1;
+        if (kept || set_path(path, a->spool_dir, e->d_name) != FS_OK) continue;
+        if (unlink(path) != 0) fs_log_warn("%s: cannot delete: %s", path, strerror(errno));
+    }
+    closedir(d);
+}
+
+/* Closes an in-flight upload's spool and deletes it; later chunks are
+ * refused with (st, why). Writes nothing else. */
+static void kill_upload(fs_round *a, fs_round_upload *u, fs_status st, const char *why)
+{
+    if (u->fd >= 0) {
+        close(u->fd);
+        u->fd = -1;
+        unlink(u->path);
+    }
+    if (!u->dead) {
+        u->dead = 1;
+        u->dead_status = st;
+        snprintf(u->dead_why, sizeof u->dead_why, "%s", why);
+        a->sites[u->site].uploading = 0;
+    }
+}
+
+/* ---- state & metrics ------------------------------------------------------ */
+
+static fs_status write_state(fs_round *a)
+{
+    fs_atomic_file af;
+    FS_TRY(fs_atomic_open(&af, a->state_path));
+    fprintf(af.f,
+            "fedseg round state 1\ncompleted_round %u\nnum_params %zu\npreset %s\nseed %llu\n"
+            "model_crc32 %08x\n",
+            a->completed, a->P, a->cfg.model.preset, (unsigned long long)a->cfg.seed, a->model_crc);
+    if (ferror(af.f)) {
+        fs_log_error("%s: write failed", a->state_path);
+        fs_atomic_abort(&af);
+        return FS_ERR_IO;
+    }
+    return fs_atomic_commit(&af);
+}
+
+/* Reads round.state (missing: *found = 0) and checks it against the
+ * checkpoint just loaded. Rewrites it when it lags behind. */
+static fs_status check_state(fs_round *a)
+{
+    FILE *f = fopen(a->state_path, "r");
+    if (!f) {
+        if (errno != ENOENT) {
+            fs_log_error("%s: cannot read: %s", a->state_path, strerror(errno));
+            return FS_ERR_IO;
+        }
+        fs_log_warn("%s: missing; rewritten from global.ckpt", a->state_path);
+        return write_state(a);
+    }
+    char key[64], val[256];
+    unsigned long long completed = 0, np = 0, seed = 0;
+    unsigned crc = 0;
+    char preset[FS_WIRE_PRESET_LEN] = "";
+    int have = 0;
+    char line[400];
+    if (!fgets(line, sizeof line, f) || strcmp(line, "fedseg round state 1\n") != 0) {
+        fclose(f);
+        fs_log_error("%s: not a fedseg round state file (version 1)", a->state_path);
+        return FS_ERR_FORMAT;
+    }
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%63s %255s", key, val) != 2) continue;
+        if (!strcmp(key, "completed_round")) { completed = strtoull(val, NULL, 10); have |= 1; }
+        else if (!strcmp(key, "num_params")) { np = strtoull(val, NULL, 10); have |= 2; }
+        else if (!strcmp(key, "preset")) { snprintf(preset, sizeof preset, "%.15s", val); have |= 4; }
+        else if (!strcmp(key, "seed")) { seed = strtoull(val, NULL, 10); have |= 8; }
+        else if (!strcmp(key, "model_crc32")) { crc = (unsigned)strtoul(val, NULL, 16); have |= 16; }
+    }
+    fclose(f);
+    if (have != 31) {
+        fs_log_error("%s: incomplete state file", a->state_path);
+        return FS_ERR_FORMAT;
+    }
+    if (np != a->P || strcmp(preset, a->cfg.model.preset) != 0) {
+        fs_log_error("%s: describes a %s model of %llu parameters, the federation is %s with %zu",
+                     a->state_path, preset, np, a->cfg.model.preset, a->P);
+        return FS_ERR_MISMATCH;
+    }
+    if (completed > a->completed) {
+        fs_log_error("%s: says round %llu completed but global.ckpt holds round %u", a->state_path,
+                     completed, a->completed);
+        return FS_ERR_FORMAT;
+    }
+    if (completed == a->completed && crc != a->model_crc) {
+        fs_log_error("%s: model CRC-32 %08x differs from global.ckpt's %08x", a->state_path, crc,
+                     a->model_crc);
+        return FS_ERR_FORMAT;
+    }
+    if (seed != a->cfg.seed)
+        fs_log_warn("%s: the sampling seed changed from %llu to %llu", a->state_path, seed,
+                    (unsigned long long)a->cfg.seed);
+    if (completed < a->completed || seed != a->cfg.seed) return write_state(a);
+    return FS_OK;
+}
+
+/* Finds the last round with a line in the metrics file (0 when none) and
+ * cuts off a torn last line. */
+static fs_status metrics_scan(fs_round *a)
+{
+    a->metrics_last = 0;
+    FILE *f = fopen(a->metrics_path, "r");
+    if (!f) {
+        if (errno == ENOENT) return FS_OK;
+        fs_log_error("%s: cannot read: %s", a->metrics_path, strerror(errno));
+        return FS_ERR_IO;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    off_t good = 0;
+    int torn = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] != '\n') { torn = 1; break; }
+        const char *p = strstr(line, "\"round\":");
+        if (p) {
+            unsigned long r = strtoul(p + 8, NULL, 10);
+            if (r > a->metrics_last) a->metrics_last = (uint32_t)r;
+        }
+        good = ftello(f);
+    }
+    free(line);
+    fclose(f);
+    if (torn) {
+        fs_log_warn("%s: dropping a torn last line", a->metrics_path);
+        if (truncate(a->metrics_path, good) != 0) {
+            fs_log_error("%s: cannot truncate: %s", a->metrics_path, strerror(errno));
+            return FS_ERR_IO;
+        }
+    }
+    return FS_OK;
+}
+
+/* Appends one metrics line (and a newline), fsync'ed. */
+static fs_status metrics_append(fs_round *a, uint32_t round, const char *json)
+{
+    int fd = open(a->metrics_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    int err = fd < 0 ? errno : 0;
+    if (!err) err = write_all(fd, json, strlen(json));
+    if (!err) err = write_all(fd, "\n", 1);
+    if (!err && fsync(fd) != 0) err = errno;
+    if (fd >= 0) close(fd);
+    if (err) {
+        fs_log_error("%s: cannot append the metrics of round %u: %s", a->metrics_path, round,
+                     strerror(err));
+        return FS_ERR_IO;
+    }
+    a->metrics_last = round;
+    return FS_OK;
+}
+
+/* The metrics line of the current round, decided now (malloc'ed). */
+static char *round_json(fs_round *a, double now, const char *closed_by)
+{
+    sbuf b = {0};
+    uint64_t samples = 0;
+    size_t nsel = 0;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        nsel += (size_t)a->sites[i].selected;
+        if (a->sites[i].submitted) samples += a->sites[i].n;
+    }
+    sb_printf(&b, "{\"round\":%u,\"wall_seconds\":", a->completed + 1);
+    sb_num(&b, now - a->opened_at);
+    sb_printf(&b, ",\"closed_by\":\"%s\",\"sites_selected\":%zu,\"sites_reported\":%zu,"
+              "\"num_samples\":%llu,\"sites\":[", closed_by, nsel, a->n_accepted,
+              (unsigned long long)samples);
+    int first = 1;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        const fs_site *s = &a->sites[i];
+        if (!s->submitted) continue;
+        sb_printf(&b, "%s{\"site\":\"%s\",\"num_samples\":%llu,\"train_loss\":", first ? "" : ",",
+                  s->name, (unsigned long long)s->n);
+        sb_num(&b, s->loss);
+        sb_printf(&b, ",\"global_dice_wt\":");
+        sb_num(&b, s->dice[0]);
+        sb_printf(&b, ",\"global_dice_tc\":");
+        sb_num(&b, s->dice[1]);
+        sb_printf(&b, ",\"global_dice_et\":");
+        sb_num(&b, s->dice[2]);
+        sb_printf(&b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"train_seconds\":",
+                  (unsigned long long)s->bytes_recv, (unsigned long long)s->bytes_sent);
+        sb_num(&b, s->train_s);
+        sb_printf(&b, ",\"upload_seconds\":");
+        sb_num(&b, s->upload_s);
+        sb_printf(&b, "}");
+        first = 0;
+    }
+    sb_printf(&b, "],\"missing\":[");
+    first = 1;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        const fs_site *s = &a->sites[i];
+        if (!s->selected || s->submitted) continue;
+        sb_printf(&b, "%s{\"site\":\"%s\",\"bytes_sent\":%llu}", first ? "" : ",", s->name,
+                  (unsigned long long)s->bytes_sent);
+        first = 0;
+    }
+    sb_printf(&b, "]}");
+    if (b.err) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* ---- round life ------------------------------------------------------------ */
+
+static fs_status try_open(fs_round *a, double now);
+
+/* Clears the per-round state after a close (or for a fresh round). */
+static void reset_round(fs_round *a)
+{
+    for (size_t i = 0; i < a->n_sites; i++) {
+        fs_site *s = &a->sites[i];
+        s->selected = s->submitted = 0;
+        s->n = 0;
+        s->bytes_recv = s->bytes_sent = 0;
+    }
+    a->n_accepted = 0;
+    a->open = a->closing = 0;
+    a->extensions = 0;
+    free(a->close_json);
+    a->close_json = NULL;
+    fs_round_sum_reset(&a->sum);
+}
+
+/*
+ * Closes round r = completed + 1. The sequence, and what a crash after each
+ * step leaves for the next fs_round_open:
+ *   1 journal `close r {json}`   → resume closes r at once with the same updates
+ *   2 w_r into the sum buffer, global.ckpt written atomically (the commit)
+ *                                → resume starts round r + 1 from w_r
+ *   3 round.state                → rewritten on resume when it lags
+ *   4 metrics line               → re-appended from the close record on resume
+ *   5 spools deleted             → stale spools deleted on resume
+ * A failure before step 2 completes leaves the round closing (uploads
+ * refused) and is retried by fs_round_tick; the sum is rebuilt from the
+ * spools. Returns FS_ERR_IO for a failed (or simulated) crash-relevant step.
+ */
+static fs_status close_round(fs_round *a, double now, const char *closed_by)
+{
+    uint32_t r = a->completed + 1;
+    if (!a->close_json) {
+        char *json = round_json(a, now, closed_by);
+        if (!json) return FS_ERR_NOMEM;
+        sbuf b = {0};
+        sb_printf(&b, "close %u %s", r, json);
+        fs_status st = b.err ? FS_ERR_NOMEM : fs_journal_append(&a->journal, b.p);
+        free(b.p);
+        if (st != FS_OK) {
+            free(json);
+            return st;
+        }
+        a->close_json = json;
+    }
+    a->closing = 1;
+    CRASH_POINT(a, FS_CRASH_AFTER_CLOSE_RECORD);
+
+    fs_status st = fs_round_sum_apply(&a->sum, a->model, a->sum.sum);
+    if (st != FS_OK) {
+        fs_log_error("round %u: no accepted update to average", r);
+        rebuild_sum(a);
+        return st;
+    }
+    fs_ckpt_meta meta = a->cfg.model;
+    meta.nparams = a->P;
+    meta.epoch = r;
+    if (a->crash_point == FS_CRASH_IN_CKPT && a->crash_nth == 1) {
+        /* What a kill between the temporary file's fsync and its rename leaves. */
+        char tmp[PATH_LEN];
+        if (set_path(tmp, a->state_dir, ".global.ckpt.tmp.crashed") == FS_OK)
+            fs_ckpt_write(tmp, &meta, a->sum.sum, NULL, NULL, 0);
+    }
+    CRASH_POINT(a, FS_CRASH_IN_CKPT);
+    st = fs_ckpt_write(a->ckpt_path, &meta, a->sum.sum, NULL, NULL, 0);
+    if (st == FS_OK) st = fsync_dir(a->state_dir);
+    if (st != FS_OK) {
+        fs_log_error("round %u: the new global model could not be saved; retrying", r);
+        rebuild_sum(a);
+        return st;
+    }
+    CRASH_POINT(a, FS_CRASH_AFTER_CKPT);
+
+    memcpy(a->model, a->sum.sum, a->P * sizeof *a->model);
+    a->completed = r;
+    a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
+    write_state(a); /* logged on failure; resume rewrites it from global.ckpt */
+    CRASH_POINT(a, FS_CRASH_AFTER_STATE);
+    metrics_append(a, r, a->close_json);
+    CRASH_POINT(a, FS_CRASH_AFTER_METRICS);
+
+    for (fs_round_upload *u = a->uploads; u; u = u->next)
+        if (u->round == r && !u->dead) {
+            char msg[FS_WIRE_REASON_LEN];
+            snprintf(msg, sizeof msg, "round %u closed before the upload finished", r);
+            fs_log_warn("site %s: upload dropped: %s", a->sites[u->site].name, msg);
+            kill_upload(a, u, FS_ERR_MISMATCH, msg);
+        }
+    size_t reported = a->n_accepted;
+    double weight = a->sum.acc.weight;
+    reset_round(a);
+    clean_spools(a);
+    fs_log_info("round %u closed (%s): %zu site(s), %.0f samples; global model saved", r, closed_by,
+                reported, weight);
+    if (a->completed >= a->cfg.rounds) {
+        fs_log_info("federation finished after %u rounds", a->completed);
+        return FS_OK;
+    }
+    return try_open(a, now);
+}
+
+/* Opens round completed + 1 when enough sites are active (see round.h). */
+static fs_status try_open(fs_round *a, double now)
+{
+    if (a->open || a->closing || a->completed >= a->cfg.rounds) return FS_OK;
+    size_t active = count_active(a, now);
+    if (active < a->cfg.min_sites) {
+        a->quorum_since = -1;
+        return FS_OK;
+    }
+    if (a->quorum_since < 0) a->quorum_since = now;
+    if (active < a->n_sites && now < a->quorum_since + a->cfg.join_wait_s) return FS_OK;
+
+    uint32_t r = a->completed + 1;
+    size_t *cand = malloc(a->n_sites * sizeof *cand), nc = 0;
+    if (!cand) return FS_ERR_NOMEM;
+    for (size_t i = 0; i < a->n_sites; i++)
+        if (site_active(a, &a->sites[i], now)) cand[nc++] = i;
+    draw_sites(a, cand, nc, sample_size(a, nc), r, 0);
+    free(cand);
+    fs_status st = journal_selection(a, r);
+    if (st != FS_OK) {
+        for (size_t i = 0; i < a->n_sites; i++) a->sites[i].selected = 0;
+        return st;
+    }
+    a->open = 1;
+    a->opened_at = now;
+    a->deadline = now + a->cfg.deadline_s;
+    a->quorum_since = -1;
+    char sel[512];
+    selection_text(a, sel, sizeof sel);
+    fs_log_info("round %u opened: %zu active site(s), selected %s", r, active, sel);
+    return FS_OK;
+}
+
+/* At the deadline with fewer than min_sites reports: extends the deadline
+ * and adds active sites that were not selected, so that dead selected sites
+ * cannot stall the round for ever. */
+static fs_status extend_round(fs_round *a, double now)
+{
+    uint32_t r = a->completed + 1;
+    a->extensions++;
+    size_t active = count_active(a, now), live_sel = 0, nc = 0;
+    size_t *cand = malloc(a->n_sites * sizeof *cand);
+    if (!cand) return FS_ERR_NOMEM;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        const fs_site *s = &a->sites[i];
+        if (s->selected && (s->submitted || site_active(a, s, now))) live_sel++;
+        else if (!s->selected && site_active(a, s, now)) cand[nc++] = i;
+    }
+    size_t want = sample_size(a, active), add = want > live_sel ? want - live_sel : 0;
+    if (add > nc) add = nc;
+    fs_status st = FS_OK;
+    if (add) {
+        draw_sites(a, cand, nc, add, r, a->extensions);
+        st = journal_selection(a, r);
+    }
+    free(cand);
+    a->deadline = now + a->cfg.deadline_s;
+    char sel[512];
+    selection_text(a, sel, sizeof sel);
+    fs_log_warn("round %u: only %zu of the required %u site(s) reported by the deadline; deadline "
+                "extended by %.0f s (selected now: %s)", r, a->n_accepted, a->cfg.min_sites,
+                a->cfg.deadline_s, sel);
+    return st;
+}
+
+/* Closes the open round when it is complete or past its deadline. */
+static fs_status maybe_close(fs_round *a, double now)
+{
+    if (a->closing) return close_round(a, now, "resumed");
+    if (!a->open) return FS_OK;
+    size_t nsel = 0, nsub = 0;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        nsel += (size_t)a->sites[i].selected;
+        nsub += (size_t)(a->sites[i].selected && a->sites[i].submitted);
+    }
+    if (nsub == nsel && a->n_accepted >= a->cfg.min_sites) return close_round(a, now, "all_reported");
+    if (now < a->deadline) return FS_OK;
+    if (a->n_accepted >= a->cfg.min_sites) return close_round(a, now, "deadline");
+    return extend_round(a, now);
+}
+
+/* ---- resume ---------------------------------------------------------------- */
+
+typedef struct {
+    fs_round *a;
+    double now;
+    int open_seen;
+} replay_ctx;
+
+static int parse_u64(const char *s, uint64_t *v)
+{
+    if (!s || !*s) return 0;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(s, &end, 10);
+    if (*end || errno) return 0;
+    *v = x;
+    return 1;
+}
+
+static int parse_f(const char *s, double *v)
+{
+    if (!s || !*s) return 0;
+    char *end;
+    *v = strtod(s, &end);
+    return *end == 0;
+}
+
+/* One journal record during fs_round_open (see the top of this file). */
+static fs_status replay_record(void *ctx, char *payload, size_t line)
+{
+    replay_ctx *c = ctx;
+    fs_round *a = c->a;
+    uint32_t cur = a->completed + 1;
+    char *save, *kind = strtok_r(payload, " ", &save);
+    if (!kind) return FS_OK;
+    if (!strcmp(kind, "close")) {
+        char *rs = strtok_r(NULL, " ", &save), *json = save;
+        uint64_t r;
+        if (!parse_u64(rs, &r) || !json || json[0] != '{') goto bad;
+        if (r == cur) {
+            free(a->close_json);
+            a->close_json = strdup(json);
+            if (!a->close_json) return FS_ERR_NOMEM;
+        } else if (r <= a->completed && r > a->metrics_last) {
+            fs_log_warn("%s: the metrics line of round %u was missing; restored from the journal",
+                        a->metrics_path, (unsigned)r);
+            FS_TRY(metrics_append(a, (uint32_t)r, json));
+        }
+        return FS_OK;
+    }
+    char *tok[12];
+    int nt = 0;
+    while (nt < 12 && (tok[nt] = strtok_r(NULL, " ", &save))) nt++;
+    if (!strcmp(kind, "join")) {
+        uint64_t n;
+        if (nt != 2 || !parse_u64(tok[1], &n) || n == 0) goto bad;
+        long si = site_find(a, tok[0]);
+        if (si < 0) {
+            fs_log_warn("%s: line %zu: site %s is no longer on the site list", a->journal_path, line,
+                        tok[0]);
+            return FS_OK;
+        }
+        a->sites[si].joined = 1;
+        a->sites[si].join_samples = n;
+        a->sites[si].last_seen = c->now;
+        return FS_OK;
+    }
+    if (!strcmp(kind, "open")) {
+        uint64_t r;
+        if (nt < 1 || nt > 2 || !parse_u64(tok[0], &r)) goto bad;
+        if (r != cur) return FS_OK;
+        for (size_t i = 0; i < a->n_sites; i++) a->sites[i].selected = 0;
+        char *s2, *name = nt == 2 ? strtok_r(tok[1], ",", &s2) : NULL;
+        for (; name; name = strtok_r(NULL, ",", &s2)) {
+            long si = site_find(a, name);
+            if (si >= 0) a->sites[si].selected = 1;
+            else fs_log_warn("%s: line %zu: selected site %s is no longer on the site list",
+                             a->journal_path, line, name);
+        }
+        c->open_seen = 1;
+        return FS_OK;
+    }
+    if (!strcmp(kind, "accept")) {
+        uint64_t r, n, crc, bytes;
+        double f[6];
+        if (nt != 11 || !parse_u64(tok[0], &r) || !parse_u64(tok[2], &n) || n == 0 ||
+            sscanf(tok[3], "%" SCNx64, &crc) != 1 || !parse_u64(tok[10], &bytes))
+            goto bad;
+        for (int k = 0; k < 6; k++)
+            if (!parse_f(tok[4 + k], &f[k])) goto bad;
+        if (r != cur) return FS_OK;
+        long si = site_find(a, tok[1]);
+        if (si < 0) {
+            fs_log_warn("%s: line %zu: the update of site %s is dropped: no longer on the site list",
+                        a->journal_path, line, tok[1]);
+            return FS_OK;
+        }
+        fs_site *s = &a->sites[si];
+        if (s->submitted) {
+            fs_log_warn("%s: line %zu: a second update of site %s for round %u is ignored",
+                        a->journal_path, line, s->name, cur);
+            return FS_OK;
+        }
+        s->submitted = 1;
+        s->n = n;
+        s->crc = (uint32_t)crc;
+        s->loss = (float)f[0];
+        for (int k = 0; k < 3; k++) s->dice[k] = (float)f[1 + k];
+        s->train_s = f[4];
+        s->upload_s = f[5];
+        s->bytes_recv = bytes;
+        a->order[a->n_accepted++] = (size_t)si;
+        return FS_OK;
+    }
+    fs_log_warn("%s: line %zu: unknown record '%s' skipped", a->journal_path, line, kind);
+    return FS_OK;
+bad:
+    fs_log_error("%s: line %zu: malformed '%s' record", a->journal_path, line, kind);
+    return FS_ERR_FORMAT;
+}
+
+/* Deletes temporary files a crash left behind in state_dir. */
+static void clean_tmp(fs_round *a)
+{
+    DIR *d = opendir(a->state_dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[PATH_LEN];
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, ".global.ckpt.tmp.", 17) != 0 &&
+            strncmp(e->d_name, ".round.state.tmp.", 17) != 0)
+            continue;
+        if (set_path(path, a->state_dir, e->d_name) == FS_OK && unlink(path) == 0)
+            fs_log_info("%s: deleted an unfinished temporary file", path);
+    }
+    closedir(d);
+}
+
+/* Loads global.ckpt and round.state, replays the journal, rebuilds the
+ * current round. Called by fs_round_open on an existing state_dir. */
+static fs_status resume(fs_round *a, double now)
+{
+    fs_ckpt_meta meta;
+    float *params = NULL;
+    FS_TRY(fs_ckpt_read(a->ckpt_path, &meta, &params, NULL, NULL, NULL));
+    if (meta.nparams != a->P || strcmp(meta.preset, a->cfg.model.preset) != 0) {
+        fs_log_error("%s: holds a %s model of %llu parameters, the federation is %s with %zu",
+                     a->ckpt_path, meta.preset, (unsigned long long)meta.nparams,
+                     a->cfg.model.preset, a->P);
+        free(params);
+        return FS_ERR_MISMATCH;
+    }
+    memcpy(a->model, params, a->P * sizeof *a->model);
+    free(params);
+    a->completed = meta.epoch;
+    a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
+    FS_TRY(check_state(a));
+    FS_TRY(metrics_scan(a));
+    replay_ctx c = {a, now, 0};
+    FS_TRY(fs_journal_scan(a->journal_path, replay_record, &c));
+    if (a->completed >= a->cfg.rounds && a->cfg.rounds < meta.epoch)
+        fs_log_warn("%s: holds round %u, beyond the configured %u rounds", a->ckpt_path,
+                    meta.epoch, a->cfg.rounds);
+    if (a->n_accepted && !c.open_seen) {
+        fs_log_warn("%s: round %u has updates but no selection record; taking the submitters",
+                    a->journal_path, a->completed + 1);
+        for (size_t k = 0; k < a->n_accepted; k++) a->sites[a->order[k]].selected = 1;
+        c.open_seen = 1;
+    }
+    if (c.open_seen && a->completed < a->cfg.rounds) {
+        a->open = 1;
+        a->opened_at = now;
+        a->deadline = now + a->cfg.deadline_s;
+    } else {
+        for (size_t i = 0; i < a->n_sites; i++) a->sites[i].selected = 0;
+        free(a->close_json);
+        a->close_json = NULL;
+    }
+    rebuild_sum(a);
+    clean_spools(a);
+    fs_log_info("resumed from %s: round %u completed%s", a->state_dir, a->completed,
+                a->open ? "; the next round is in progress" : "");
+    if (a->open)
+        fs_log_info("round %u: %zu accepted update(s) restored from the journal%s", a->completed + 1,
+                    a->n_accepted, a->close_json ? "; its close was decided and is finished now" : "");
+    if (a->close_json && a->n_accepted == 0) {
+        fs_log_error("%s: round %u was closing but none of its updates survive; reopening it",
+                     a->journal_path, a->completed + 1);
+        free(a->close_json);
+        a->close_json = NULL;
+    }
+    a->closing = a->close_json != NULL;
+    return FS_OK;
+}
+
+/* ---- public API ---------------------------------------------------------------- */
+
+static fs_status check_config(const fs_round_config *cfg, size_t P)
+{
+    if (!cfg || !cfg->state_dir || !cfg->sites || cfg->n_sites == 0 || P == 0 ||
+        P > FS_WIRE_MAX_PARAMS) {
+        fs_log_error("round: configuration needs a state folder, a site list and a model");
+        return FS_ERR_ARG;
+    }
+    for (size_t i = 0; i < cfg->n_sites; i++) {
+        if (!cfg->sites[i] || !valid_site_name(cfg->sites[i])) {
+            fs_log_error("round: site name '%s' is not 1..63 characters of A-Z a-z 0-9 . _ -",
+                         cfg->sites[i] ? cfg->sites[i] : "(null)");
+            return FS_ERR_ARG;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(cfg->sites[i], cfg->sites[j])) {
+                fs_log_error("round: site %s is listed twice", cfg->sites[i]);
+                return FS_ERR_ARG;
+            }
+    }
+    if (cfg->rounds < 1 || cfg->min_sites < 1 || cfg->min_sites > cfg->n_sites) {
+        fs_log_error("round: need rounds ≥ 1 and 1 ≤ min_sites (%u) ≤ number of sites (%zu)",
+                     cfg->min_sites, cfg->n_sites);
+        return FS_ERR_ARG;
+    }
+    if (!(cfg->fraction > 0 && cfg->fraction <= 1) || !(cfg->deadline_s > 0) ||
+        !isfinite(cfg->deadline_s) || !(cfg->join_wait_s >= 0) || !(cfg->site_timeout_s >= 0)) {
+        fs_log_error("round: need 0 < fraction ≤ 1, deadline_s > 0, join_wait_s ≥ 0, "
+                     "site_timeout_s ≥ 0");
+        return FS_ERR_ARG;
+    }
+    if (!valid_site_name(cfg->model.preset) || strlen(cfg->model.preset) >= FS_WIRE_PRESET_LEN) {
+        fs_log_error("round: the model preset '%.16s' is not a valid name", cfg->model.preset);
+        return FS_ERR_ARG;
+    }
+    return FS_OK;
+}
+
+fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float *w0, size_t P,
+                        double now)
+{
+    if (!out) return FS_ERR_ARG;
+    *out = NULL;
+    FS_TRY(check_config(cfg, P));
+    fs_round *a = calloc(1, sizeof *a);
+    if (!a) return FS_ERR_NOMEM;
+    a->journal.fd = -1;
+    a->cfg = *cfg;
+    a->cfg.sites = NULL;
+    a->cfg.poll_ms = cfg->poll_ms ? cfg->poll_ms : 1000;
+    a->n_sites = cfg->n_sites;
+    a->P = P;
+    a->quorum_since = -1;
+    fs_status st = FS_ERR_ARG;
+    if (snprintf(a->state_dir, PATH_LEN, "%s", cfg->state_dir) >= PATH_LEN - 64 ||
+        set_path(a->spool_dir, a->state_dir, "spool") != FS_OK ||
+        set_path(a->ckpt_path, a->state_dir, "global.ckpt") != FS_OK ||
+        set_path(a->state_path, a->state_dir, "round.state") != FS_OK ||
+        set_path(a->journal_path, a->state_dir, "journal") != FS_OK)
+        goto fail;
+    if (cfg->metrics_path) {
+        if (snprintf(a->metrics_path, PATH_LEN, "%s", cfg->metrics_path) >= PATH_LEN) goto fail;
+    } else if (set_path(a->metrics_path, a->state_dir, "metrics.jsonl") != FS_OK) {
+        goto fail;
+    }
+    a->cfg.state_dir = a->state_dir;
+    a->cfg.metrics_path = a->metrics_path;
+    st = FS_ERR_NOMEM;
+    a->sites = calloc(a->n_sites, sizeof *a->sites);
+    a->order = calloc(a->n_sites, sizeof *a->order);
+    a->model = malloc(P * sizeof *a->model);
+    a->rbuf = malloc(FS_CHUNK_BYTES);
+    a->fbuf = malloc(FS_CHUNK_PARAMS * sizeof *a->fbuf);
+    if (!a->sites || !a->order || !a->model || !a->rbuf || !a->fbuf) goto fail;
+    if ((st = fs_round_sum_init(&a->sum, P)) != FS_OK) goto fail;
+    for (size_t i = 0; i < a->n_sites; i++) strcpy(a->sites[i].name, cfg->sites[i]);
+
+    if ((st = fs_mkdir_p(a->state_dir)) != FS_OK || (st = fs_mkdir_p(a->spool_dir)) != FS_OK) goto fail;
+    clean_tmp(a);
+    struct stat sb;
+    if (stat(a->ckpt_path, &sb) == 0) {
+        if ((st = resume(a, now)) != FS_OK) goto fail;
+    } else {
+        st = FS_ERR_ARG;
+        if (stat(a->journal_path, &sb) == 0) {
+            fs_log_error("%s: a journal without global.ckpt: this folder holds a damaged "
+                         "federation; refusing to start a new one over it", a->state_dir);
+            st = FS_ERR_FORMAT;
+            goto fail;
+        }
+        if (stat(a->metrics_path, &sb) == 0 && sb.st_size > 0) {
+            fs_log_error("%s: holds metrics of an earlier federation; move it away or choose "
+                         "another metrics file", a->metrics_path);
+            goto fail;
+        }
+        if (!w0) {
+            fs_log_error("%s: no global.ckpt and no initial model given", a->state_dir);
+            goto fail;
+        }
+        for (size_t i = 0; i < P; i++)
+            if (!isfinite(w0[i])) {
+                fs_log_error("round: initial model parameter %zu is not finite", i);
+                goto fail;
+            }
+        memcpy(a->model, w0, P * sizeof *a->model);
+        a->model_crc = fs_wire_crc32_f32(0, a->model, P);
+        fs_ckpt_meta meta = a->cfg.model;
+        meta.nparams = P;
+        meta.epoch = 0;
+        if ((st = fs_ckpt_write(a->ckpt_path, &meta, a->model, NULL, NULL, 0)) != FS_OK ||
+            (st = fsync_dir(a->state_dir)) != FS_OK || (st = write_state(a)) != FS_OK)
+            goto fail;
+        clean_spools(a);
+        fs_log_info("new federation in %s: %zu site(s), %u round(s), %zu parameters", a->state_dir,
+                    a->n_sites, a->cfg.rounds, P);
+    }
+    if ((st = fs_journal_open(&a->journal, a->journal_path)) != FS_OK) goto fail;
+    st = maybe_close(a, now);
+    if (st == FS_OK) st = try_open(a, now);
+    if (st != FS_OK)
+        fs_log_error("round: resuming round %u did not finish (%s); retried at the next tick",
+                     a->completed + 1, fs_status_str(st));
+    *out = a;
+    return FS_OK;
+fail:
+    fs_round_free(a);
+    return st;
+}
+
+void fs_round_free(fs_round *a)
+{
+    if (!a) return;
+    fs_journal_close(&a->journal);
+    for (fs_round_upload *u = a->uploads, *next; u; u = next) {
+        next = u->next;
+        if (u->fd >= 0) close(u->fd);
+        free(u);
+    }
+    fs_round_sum_free(&a->sum);
+    free(a->sites);
+    free(a->order);
+    free(a->model);
+    free(a->rbuf);
+    free(a->fbuf);
+    free(a->close_json);
+    free(a);
+}
+
+void fs_round_abandon(fs_round *a) { fs_round_free(a); }
+
+fs_status fs_round_tick(fs_round *a, double now)
+{
+    if (!a) return FS_ERR_ARG;
+    if (a->dead) return FS_ERR_IO;
+    fs_status st = maybe_close(a, now);
+    if (a->dead) return FS_ERR_IO;
+    fs_status st2 = try_open(a, now);
+    return st != FS_OK ? st : st2;
+}
+
+fs_status fs_round_join(fs_round *a, const char *identity, const fs_wire_join_request *req,
+                        double now, fs_wire_join_reply *reply)
+{
+    if (!a || !req || !reply) return FS_ERR_ARG;
+    memset(reply, 0, sizeof *reply);
+    reply->protocol_version = FS_PROTOCOL_VERSION;
+    if (a->dead) return FS_ERR_IO;
+    snprintf(reply->preset, sizeof reply->preset, "%s", a->cfg.model.preset);
+    reply->round = a->completed + 1;
+    long si = site_find(a, identity);
+    if (si < 0)
+        return refuse(FS_ERR_NOT_FOUND, identity, reply->reason, sizeof reply->reason,
+                      "not on the site list");
+    fs_site *s = &a->sites[si];
+    snprintf(reply->site_id, sizeof reply->site_id, "%s", s->name);
+    if (strcmp(req->preset, a->cfg.model.preset) != 0)
+        return refuse(FS_ERR_MISMATCH, identity, reply->reason, sizeof reply->reason,
+                      "model preset '%.15s' differs from the federation's '%s'", req->preset,
+                      a->cfg.model.preset);
+    if (req->num_samples == 0 || req->num_samples > FS_WIRE_MAX_SAMPLES)
+        return refuse(FS_ERR_FORMAT, identity, reply->reason, sizeof reply->reason,
+                      "num_samples %llu out of range", (unsigned long long)req->num_samples);
+    if (!s->joined || s->join_samples != req->num_samples) {
+        char rec[128];
+        snprintf(rec, sizeof rec, "join %s %llu", s->name, (unsigned long long)req->num_samples);
+        if (fs_journal_append(&a->journal, rec) != FS_OK)
+            return refuse(FS_ERR_IO, identity, reply->reason, sizeof reply->reason,
+                          "the aggregator could not record the join");
+        fs_log_info("site %s joined (%llu samples)", s->name, (unsigned long long)req->num_samples);
+    }
+    s->joined = 1;
+    s->join_samples = req->num_samples;
+    s->last_seen = now;
+    fs_round_tick(a, now);
+    if (a->dead) return FS_ERR_IO;
+    reply->accepted = 1;
+    reply->num_params = a->P;
+    reply->round = a->completed + 1;
+    return FS_OK;
+}
+
+fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_task *task,
+                        char *why, size_t whylen)
+{
+    if (!a || !task) return FS_ERR_ARG;
+    memset(task, 0, sizeof *task);
+    if (a->dead) return FS_ERR_IO;
+    long si = site_find(a, identity);
+    if (si < 0) return refuse(FS_ERR_NOT_FOUND, identity, why, whylen, "not on the site list");
+    fs_site *s = &a->sites[si];
+    if (!s->joined) return refuse(FS_ERR_MISMATCH, identity, why, whylen, "has not joined; Join first");
+    s->last_seen = now;
+    fs_round_tick(a, now);
+    if (a->dead) return FS_ERR_IO;
+    task->num_params = a->P;
+    task->model_crc32 = a->model_crc;
+    task->round = a->completed + 1;
+    task->retry_after_ms = a->cfg.poll_ms;
+    if (a->completed >= a->cfg.rounds) {
+        task->action = FS_TASK_FINISHED;
+        task->round = a->completed;
+        task->retry_after_ms = 0;
+    } else if (a->open && !a->closing && s->selected && !s->submitted && !s->uploading) {
+        task->action = FS_TASK_TRAIN;
+        task->local_epochs = a->cfg.local_epochs;
+        task->steps_per_epoch = a->cfg.steps_per_epoch;
+        task->lr = a->cfg.lr;
+        task->prox_mu = a->cfg.prox_mu;
+        double left = ceil(a->deadline - now);
+        task->seconds_left = left <= 0 ? 0 : left > 4e9 ? 4000000000u : (uint32_t)left;
+        task->retry_after_ms = 0;
+    } else {
+        task->action = FS_TASK_WAIT;
+    }
+    return FS_OK;
+}
+
+fs_status fs_round_model(fs_round *a, const char *identity, uint32_t train_round,
+                         const float **params, size_t *P, uint32_t *crc, char *why, size_t whylen)
+{
+    if (!a || !params || !P || !crc) return FS_ERR_ARG;
+    if (a->dead) return FS_ERR_IO;
+    if (site_find(a, identity) < 0) return refuse(FS_ERR_NOT_FOUND, identity, why, whylen, "not on the site list");
+    if (train_round != a->completed + 1)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "the model for round %u is not available (current round %u)", train_round,
+                      a->completed + 1);
+    *params = a->model;
+    *P = a->P;
+    *crc = a->model_crc;
+    return FS_OK;
+}
+
+void fs_round_note_sent(fs_round *a, const char *identity, uint64_t bytes)
+{
+    long si = a ? site_find(a, identity) : -1;
+    if (si >= 0) a->sites[si].bytes_sent += bytes;
+}
+
+fs_status fs_round_update_begin(fs_round *a, const char *identity, const fs_wire_update_header *hdr,
+                                double now, fs_round_upload **up, char *why, size_t whylen)
+{
+    if (!a || !hdr || !up) return FS_ERR_ARG;
+    *up = NULL;
+    if (a->dead) return FS_ERR_IO;
+    long si = site_find(a, identity);
+    if (si < 0) return refuse(FS_ERR_NOT_FOUND, identity, why, whylen, "not on the site list");
+    fs_site *s = &a->sites[si];
+    s->last_seen = now;
+    uint32_t r = a->completed + 1;
+    if (a->completed >= a->cfg.rounds)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "update for round %u: the federation finished after round %u", hdr->round,
+                      a->completed);
+    if (hdr->round < r)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "update for round %u: that round is over (current round %u); stale or replayed",
+                      hdr->round, r);
+    if (hdr->round > r)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "update for round %u: that round has not started (current round %u)",
+                      hdr->round, r);
+    if (!a->open || a->closing)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen, "update for round %u: the round is %s",
+                      r, a->closing ? "closing" : "not open yet");
+    if (!s->selected)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen, "not selected for round %u", r);
+    if (s->submitted)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "already submitted its update for round %u; a second one is never counted", r);
+    if (s->uploading)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "another upload of this site for round %u is in progress", r);
+    if (hdr->num_params != a->P)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "num_params %llu differs from the model's %zu",
+                      (unsigned long long)hdr->num_params, a->P);
+    if (hdr->num_samples == 0 || hdr->num_samples > FS_WIRE_MAX_SAMPLES)
+        return refuse(FS_ERR_FORMAT, identity, why, whylen, "num_samples %llu out of range",
+                      (unsigned long long)hdr->num_samples);
+    fs_round_upload *u = calloc(1, sizeof *u);
+    if (!u) return FS_ERR_NOMEM;
+    u->site = (size_t)si;
+    u->round = r;
+    u->hdr = *hdr;
+    u->t_begin = now;
+    if (spool_path(a, u->path, r, s->name) != FS_OK) {
+        free(u);
+        return FS_ERR_ARG;
+    }
+    u->fd = open(u->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (u->fd < 0) {
+        fs_log_error("%s: cannot create the spool: %s", u->path, strerror(errno));
+        free(u);
+        return refuse(FS_ERR_IO, identity, why, whylen, "the aggregator cannot store the update");
+    }
+    u->next = a->uploads;
+    a->uploads = u;
+    s->uploading = 1;
+    *up = u;
+    return FS_OK;
+}
+
+/* Refuses the chunk and kills the upload: logged, spool deleted. */
+static fs_status chunk_refuse(fs_round *a, fs_round_upload *u, fs_status st, char *why,
+                              size_t whylen, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static fs_status chunk_refuse(fs_round *a, fs_round_upload *u, fs_status st, char *why,
+                              size_t whylen, const char *fmt, ...)
+{
+    char msg[FS_WIRE_REASON_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    kill_upload(a, u, st, msg);
+    return refuse(st, a->sites[u->site].name, why, whylen, "update for round %u: %s", u->round, msg);
+}
+
+fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset,
+                                const uint8_t *data, size_t len, char *why, size_t whylen)
+{
+    if (!a || !u || (!data && len)) return FS_ERR_ARG;
+    if (a->dead) return FS_ERR_IO;
+    if (u->dead)
+        return refuse(u->dead_status, a->sites[u->site].name, why, whylen,
+                      "update for round %u: already refused: %s", u->round, u->dead_why);
+    if (len == 0 || len % 4 || len > FS_CHUNK_BYTES)
+        return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
+                            "chunk of %zu bytes (need a multiple of 4, 4 .. %u)", len, FS_CHUNK_BYTES);
+    if (offset != u->received)
+        return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
+                            "chunk at parameter %llu, expected %llu (chunks must be contiguous and "
+                            "in order)", (unsigned long long)offset, (unsigned long long)u->received);
+    if (len / 4 > a->P - u->received)
+        return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
+                            "stream larger than the announced %zu parameters (chunk ends at %llu)",
+                            a->P, (unsigned long long)(offset + len / 4));
+    size_t bad;
+    if (fs_wire_check_finite(data, len, &bad) != FS_OK)
+        return chunk_refuse(a, u, FS_ERR_NUMERIC, why, whylen, "parameter %llu is NaN or Inf",
+                            (unsigned long long)(offset + bad));
+    int err = write_all(u->fd, data, len);
+    if (err) {
+        fs_log_error("%s: cannot write the spool: %s", u->path, strerror(err));
+        return chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot store the update");
+    }
+    u->crc = fs_wire_crc32_bytes(u->crc, data, len);
+    u->received += len / 4;
+    CRASH_POINT(a, FS_CRASH_MID_UPLOAD);
+    return FS_OK;
+}
+
+static void unlink_upload(fs_round *a, fs_round_upload *u)
+{
+    for (fs_round_upload **p = &a->uploads; *p; p = &(*p)->next)
+        if (*p == u) {
+            *p = u->next;
+            return;
+        }
+}
+
+fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, double now, char *why,
+                              size_t whylen)
+{
+    if (!a || !u) return FS_ERR_ARG;
+    if (a->dead) return FS_ERR_IO;
+    fs_site *s = &a->sites[u->site];
+    fs_status st = FS_OK;
+    if (u->dead) {
+        if (why && whylen) snprintf(why, whylen, "update for round %u: %s", u->round, u->dead_why);
+        st = u->dead_status;
+        goto out;
+    }
+    if (failed) {
+        st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
+                          "the stream broke after %llu of %zu parameters",
+                          (unsigned long long)u->received, a->P);
+        goto out;
+    }
+    if (u->received != a->P) {
+        st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen, "the stream ended after %llu of %zu parameters",
+                          (unsigned long long)u->received, a->P);
+        goto out;
+    }
+    if (u->crc != u->hdr.crc32) {
+        st = chunk_refuse(a, u, FS_ERR_CHECKSUM, why, whylen,
+                          "CRC-32 %08x of the received bytes differs from the header's %08x", u->crc,
+                          u->hdr.crc32);
+        goto out;
+    }
+    int err = fsync(u->fd) != 0 ? errno : 0;
+    if (close(u->fd) != 0 && !err) err = errno;
+    if (err) {
+        fs_log_error("%s: cannot sync the spool: %s", u->path, strerror(err));
+        u->fd = -1;
+        unlink(u->path);
+        st = chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot store the update");
+        goto out;
+    }
+    u->fd = -1;
+    if (fsync_dir(a->spool_dir) != FS_OK) {
+        st = chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot store the update");
+        unlink(u->path);
+        goto out;
+    }
+    CRASH_POINT(a, FS_CRASH_AFTER_SPOOL);
+
+    double upload_s = now - u->t_begin;
+    uint64_t bytes = (uint64_t)a->P * 4u;
+    char rec[512];
+    snprintf(rec, sizeof rec, "accept %u %s %llu %08x %a %a %a %a %a %a %llu", u->round, s->name,
+             (unsigned long long)u->hdr.num_samples, u->crc, (double)u->hdr.train_loss,
+             (double)u->hdr.global_dice_wt, (double)u->hdr.global_dice_tc,
+             (double)u->hdr.global_dice_et, u->hdr.train_seconds, upload_s,
+             (unsigned long long)bytes);
+    if (fs_journal_append(&a->journal, rec) != FS_OK) {
+        unlink(u->path);
+        st = chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot record the update");
+        goto out;
+    }
+    CRASH_POINT(a, FS_CRASH_AFTER_JOURNAL);
+
+    s->uploading = 0;
+    s->submitted = 1;
+    s->n = u->hdr.num_samples;
+    s->crc = u->crc;
+    s->loss = u->hdr.train_loss;
+    s->dice[0] = u->hdr.global_dice_wt;
+    s->dice[1] = u->hdr.global_dice_tc;
+    s->dice[2] = u->hdr.global_dice_et;
+    s->train_s = u->hdr.train_seconds;
+    s->upload_s = upload_s;
+    s->bytes_recv = bytes;
+    a->order[a->n_accepted++] = u->site;
+    int touched;
+    if (fold_spool(a, u->site, 0, &touched) != FS_OK) {
+        /* The journal holds it, but its bytes cannot be read back: drop it
+         * everywhere so the site is asked again, and rebuild the sum. */
+        drop_accepted(a, a->n_accepted - 1, "it cannot be read back from the spool");
+        rebuild_sum(a);
+        if (why && whylen) snprintf(why, whylen, "the aggregator cannot read back the update");
+        st = FS_ERR_IO;
+        goto out;
+    }
+    fs_log_info("site %s: update for round %u accepted (%llu samples, %llu bytes, %.1f s upload)",
+                s->name, u->round, (unsigned long long)s->n, (unsigned long long)bytes, upload_s);
+    if (why && whylen) why[0] = 0;
+    unlink_upload(a, u);
+    free(u);
+    fs_status cs = maybe_close(a, now);
+    if (a->dead) return FS_ERR_IO;
+    if (cs != FS_OK)
+        fs_log_error("round %u: closing failed (%s); retried at the next tick", a->completed + 1,
+                     fs_status_str(cs));
+    return FS_OK;
+out:
+    unlink_upload(a, u);
+    if (u->fd >= 0) close(u->fd);
+    if (!u->dead) s->uploading = 0;
+    free(u);
+    return st;
+}
+
+void fs_round_view_get(const fs_round *a, fs_round_view *v)
+{
+    memset(v, 0, sizeof *v);
+    v->round = a->completed + 1;
+    v->completed = a->completed;
+    v->rounds = a->cfg.rounds;
+    v->open = a->open;
+    v->finished = a->completed >= a->cfg.rounds;
+    for (size_t i = 0; i < a->n_sites; i++) {
+        v->n_selected += (size_t)a->sites[i].selected;
+        v->n_joined += (size_t)a->sites[i].joined;
+    }
+    v->n_submitted = a->n_accepted;
+    v->weight = a->sum.acc.weight;
+    v->deadline = a->open ? a->deadline
+                  : a->quorum_since >= 0 ? a->quorum_since + a->cfg.join_wait_s : -1;
+    v->model = a->model;
+    v->sum = a->sum.sum;
+    v->num_params = a->P;
+    v->model_crc = a->model_crc;
+}
+
+uint32_t fs_round_current(const fs_round *a) { return a->completed + 1; }
+
+int fs_round_is_selected(const fs_round *a, const char *site)
+{
+    long si = site_find(a, site);
+    return si >= 0 && a->open && a->sites[si].selected;
+}
+
+void fs_round_test_crash(fs_round *a, fs_round_crash point, unsigned nth)
+{
+    a->crash_point = point;
+    a->crash_nth = nth ? nth : 1;
+}
+
+int fs_round_test_crashed(const fs_round *a) { return a->dead; }

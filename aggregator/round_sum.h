@@ -1,0 +1,41 @@
+/*
+ * aggregator/round_sum.h — the storage and arithmetic of a round's weighted
+ * sum Σ_s n_s·delta_s, behind one small interface so that the host arrays and
+ * the fold can later be replaced by a backend-table op (GPU fold) without
+ * touching the round state machine. Every addition into the sum happens in
+ * fs_round_sum_fold; nothing else writes the sum.
+ *
+ * Determinism: folding the same chunks in the same order gives the same bits,
+ * which is what lets a resumed aggregator rebuild a round's sum from its
+ * journal exactly.
+ *
+ * Tested through tests/test_round.c.
+ */
+#ifndef FS_ROUND_SUM_H
+#define FS_ROUND_SUM_H
+
+#include <stddef.h>
+#include "aggregator/fedavg.h"
+#include "kernels/status.h"
+
+typedef struct {
+    float *sum;          /* n floats, owned */
+    fs_fedavg_acc acc;   /* the running FedAvg over sum */
+} fs_round_sum;
+
+/* Allocates a zeroed sum of n floats. FS_ERR_NOMEM. */
+fs_status fs_round_sum_init(fs_round_sum *s, size_t n);
+void fs_round_sum_free(fs_round_sum *s);
+/* Zeroes the sum and its weight. */
+void fs_round_sum_reset(fs_round_sum *s);
+/* sum[off + i] += w·chunk[i]. Refuses (and folds nothing) a chunk with NaN
+ * or Inf (FS_ERR_NUMERIC) or out of range (FS_ERR_ARG). */
+fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, size_t len, double w);
+/* Adds one site's weight once its whole update has been folded. */
+fs_status fs_round_sum_add_weight(fs_round_sum *s, double w);
+/* out[i] = model[i] + sum[i] / Σ w, element by element, so out may alias
+ * model or the sum itself (the sum is then consumed: reset it before folding
+ * again). FS_ERR_ARG when no weight was added. */
+fs_status fs_round_sum_apply(const fs_round_sum *s, const float *model, float *out);
+
+#endif
