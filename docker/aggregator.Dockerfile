@@ -7,8 +7,9 @@
 # Stage 1 (builder): Debian 12 slim with the -dev packages; builds fedseg with
 # -DFS_WITH_CUDA=OFF (the CPU backend only; no CUDA toolkit in the image).
 # Stage 2 (runtime): Debian 12 slim with only the shared libraries the binary
-# links (OpenBLAS, nifticlib, libpng, zlib, libgomp); the build fails when any
-# of them is missing. Runs as the unprivileged user "fedseg" (uid 10001).
+# links (OpenBLAS, nifticlib, libpng, zlib, libgomp, gRPC core, protobuf-c,
+# OpenSSL); the build fails when any of them is missing. Runs as the
+# unprivileged user "fedseg" (uid 10001).
 
 # ---- builder ------------------------------------------------------------------
 FROM debian:12-slim AS builder
@@ -20,6 +21,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libopenblas-dev libnifti2-dev libpng-dev zlib1g-dev \
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -35,6 +37,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0 libnifti2-2 libpng16-16 zlib1g libgomp1 \
+      libgrpc29 libprotobuf-c1 libssl3 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /usr/local/bin/fedseg /usr/local/bin/
 RUN if ldd /usr/local/bin/fedseg | grep 'not found'; then \
@@ -45,5 +48,8 @@ RUN if ldd /usr/local/bin/fedseg | grep 'not found'; then \
       --shell /usr/sbin/nologin fedseg
 USER 10001:10001
 WORKDIR /home/fedseg
+# The default gRPC port of a provisioned federation (fedseg provision); publish
+# whichever port the aggregator's startup kit names.
+EXPOSE 50051
 ENTRYPOINT ["fedseg"]
 CMD ["--help"]

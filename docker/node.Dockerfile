@@ -8,8 +8,9 @@
 # needs; configures and builds fedseg (Release, CUDA backend for sm_90 + PTX,
 # tests off). Stage 2 (runtime): the CUDA runtime image — it already carries
 # cudart, cuBLAS and NCCL — plus the shared libraries the binary links
-# (OpenBLAS, nifticlib, libpng, zlib, libgomp); the build fails when any
-# library the binary needs is missing. Runs as the unprivileged user "fedseg".
+# (OpenBLAS, nifticlib, libpng, zlib, libgomp, gRPC core, protobuf-c,
+# OpenSSL); the build fails when any library the binary needs is missing.
+# Runs as the unprivileged user "fedseg" (uid 10001).
 # CUDA_VERSION and CUDA_ARCH are build arguments (--build-arg CUDA_ARCH=80;90).
 
 ARG CUDA_VERSION=13.0.0
@@ -25,6 +26,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libopenblas-dev libnifti2-dev libpng-dev zlib1g-dev \
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -43,6 +45,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0 libnifti2-2 libpng16-16t64 zlib1g libgomp1 \
+      libgrpc29t64 libprotobuf-c1 libssl3t64 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /usr/local/bin/fedseg /usr/local/bin/bench_step /usr/local/bin/
 # Every shared library the programs need must resolve in this image (libcuda
