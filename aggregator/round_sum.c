@@ -1,40 +1,177 @@
 /*
- * aggregator/round_sum.c — see round_sum.h. Host implementation on top of
- * aggregator/fedavg.h.
+ * aggregator/round_sum.c — see round_sum.h and sum_device.h. The sum is
+ * folded with the backend table's fold op: the CPU backend folds straight
+ * into the host array s->sum; the CUDA backend keeps the live sum in device
+ * memory (d_sum) and s->sum is the host copy filled when the round is
+ * applied. Device buffers are found by their owner (a short list keyed by
+ * the fs_round_sum's address), which keeps round_sum.h's struct unchanged.
+ * Every value is screened for NaN / Inf on the host before anything is
+ * folded, so a poisoned chunk folds nothing on either device.
+ *
+ * Tested through tests/test_round.c (CPU), tests/test_agg_fold.c and
+ * tests/test_cuda_parity.c.
  */
 #include "aggregator/round_sum.h"
+#include "aggregator/sum_device.h"
+#include "kernels/backend.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+/* Floats uploaded per fold on the GPU (256 KiB: one wire chunk). */
+#define STAGE_FLOATS ((size_t)65536)
+
+/* The device buffers of one sum (GPU only). */
+typedef struct dev_sum {
+    const fs_round_sum *owner;
+    float *d_sum;          /* n floats: the live sum            */
+    float *d_stage;        /* STAGE_FLOATS: the chunk being folded */
+    struct dev_sum *next;
+} dev_sum;
+
+static const fs_backend *g_be;    /* NULL = the CPU backend */
+static void *g_ctx;               /* context of g_be (CUDA only) */
+static dev_sum *g_dev;            /* live device sums */
+static size_t g_live;             /* live sums on any device */
+
+static const fs_backend *backend(void) { return g_be ? g_be : fs_backend_cpu(); }
+static int on_device(void) { return g_be && g_be != fs_backend_cpu(); }
+
+static dev_sum *find_dev(const fs_round_sum *s)
+{
+    for (dev_sum *d = g_dev; d; d = d->next)
+        if (d->owner == s) return d;
+    return NULL;
+}
+
+fs_status fs_sum_device_select(const char *name, char *why, size_t whylen)
+{
+    if (why && whylen) why[0] = 0;
+    if (!name) return FS_ERR_ARG;
+    if (g_live) {
+        if (why) snprintf(why, whylen, "the aggregation device cannot change while a round sum exists");
+        return FS_ERR_ARG;
+    }
+    const char *reason = NULL;
+    const fs_backend *be = fs_backend_get(name, &reason);
+    if (!be) {
+        if (why) snprintf(why, whylen, "%s", reason ? reason : "unknown device");
+        return strcmp(name, "cuda") == 0 ? FS_ERR_UNSUPPORTED : FS_ERR_ARG;
+    }
+    if (!be->fold) {
+        if (why) snprintf(why, whylen, "the %s backend has no fold op", be->name);
+        return FS_ERR_UNSUPPORTED;
+    }
+    if (be == backend() && (be == fs_backend_cpu() || g_ctx)) return FS_OK;
+    if (g_ctx) {
+        g_be->ctx_free(g_ctx);
+        g_ctx = NULL;
+    }
+    g_be = NULL;
+    if (be == fs_backend_cpu()) return FS_OK;
+    fs_status st = be->ctx_init(&g_ctx, 0);
+    if (st != FS_OK) {
+        if (why) snprintf(why, whylen, "cannot create a %s context: %s", be->name, fs_status_str(st));
+        g_ctx = NULL;
+        return st;
+    }
+    g_be = be;
+    return FS_OK;
+}
+
+const char *fs_sum_device_name(void) { return backend()->name; }
 
 fs_status fs_round_sum_init(fs_round_sum *s, size_t n)
 {
     s->sum = calloc(n ? n : 1, sizeof *s->sum);
     if (!s->sum) return FS_ERR_NOMEM;
     fs_fedavg_init(&s->acc, s->sum, n);
+    if (!on_device()) {
+        g_live++;
+        return FS_OK;
+    }
+    dev_sum *d = calloc(1, sizeof *d);
+    fs_status st = d ? FS_OK : FS_ERR_NOMEM;
+    if (st == FS_OK) st = g_be->alloc(g_ctx, (void **)&d->d_sum, (n ? n : 1) * sizeof(float));
+    if (st == FS_OK) st = g_be->alloc(g_ctx, (void **)&d->d_stage, STAGE_FLOATS * sizeof(float));
+    if (st != FS_OK) {
+        if (d) {
+            g_be->free(g_ctx, d->d_sum);
+            g_be->free(g_ctx, d->d_stage);
+        }
+        free(d);
+        free(s->sum);
+        s->sum = NULL;
+        return st;
+    }
+    d->owner = s;
+    d->next = g_dev;
+    g_dev = d;
+    g_live++;
     return FS_OK;
 }
 
 void fs_round_sum_free(fs_round_sum *s)
 {
-    if (!s) return;
+    if (!s || !s->sum) return;
+    g_live--;
+    for (dev_sum **p = &g_dev; *p; p = &(*p)->next) {
+        if ((*p)->owner != s) continue;
+        dev_sum *d = *p;
+        *p = d->next;
+        g_be->free(g_ctx, d->d_sum);
+        g_be->free(g_ctx, d->d_stage);
+        free(d);
+        break;
+    }
     free(s->sum);
     s->sum = NULL;
 }
 
-void fs_round_sum_reset(fs_round_sum *s) { fs_fedavg_init(&s->acc, s->sum, s->acc.n); }
+/* Zeroes the sum and its weight; on the GPU the device sum too (a failure
+ * there is reported by the next fold, which checks the context's errors). */
+void fs_round_sum_reset(fs_round_sum *s)
+{
+    fs_fedavg_init(&s->acc, s->sum, s->acc.n);
+    dev_sum *d = find_dev(s);
+    if (d) g_be->memzero(g_ctx, d->d_sum, (s->acc.n ? s->acc.n : 1) * sizeof(float));
+}
 
+/* The checks of fs_fedavg_fold (range, weight, finite values) and then the
+ * backend's fold: in place on the CPU, chunk by chunk through the staging
+ * buffer on the GPU (upload waits for the stream, so the staging buffer is
+ * free again when the next upload starts). */
 fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, size_t len, double w)
 {
-    return fs_fedavg_fold(&s->acc, off, chunk, len, w);
+    if (!s->sum || off > s->acc.n || len > s->acc.n - off || !(w > 0) || !isfinite(w) ||
+        (len && !chunk))
+        return FS_ERR_ARG;
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(chunk[i])) return FS_ERR_NUMERIC;
+    const float wf = (float)w;
+    dev_sum *d = find_dev(s);
+    if (!d) return backend()->fold(NULL, len, s->sum + off, chunk, wf);
+    for (size_t k = 0; k < len; k += STAGE_FLOATS) {
+        size_t m = len - k < STAGE_FLOATS ? len - k : STAGE_FLOATS;
+        FS_TRY(g_be->upload(g_ctx, d->d_stage, chunk + k, m * sizeof(float)));
+        FS_TRY(g_be->fold(g_ctx, m, d->d_sum + off + k, d->d_stage, wf));
+    }
+    return FS_OK;
 }
 
 fs_status fs_round_sum_add_weight(fs_round_sum *s, double w) { return fs_fedavg_add_weight(&s->acc, w); }
 
 /* Same arithmetic as fs_fedavg_finish (multiply by the float reciprocal of
- * Σ w), then added to the model, without a second P-sized buffer. */
+ * Σ w), then added to the model, without a second P-sized buffer. On the GPU
+ * the sum is first downloaded into the host copy s->sum (the only transfer
+ * of the whole round in that direction). */
 fs_status fs_round_sum_apply(const fs_round_sum *s, const float *model, float *out)
 {
     if (!(s->acc.weight > 0)) return FS_ERR_ARG;
+    dev_sum *d = find_dev(s);
+    if (d) FS_TRY(g_be->download(g_ctx, s->sum, d->d_sum, s->acc.n * sizeof(float)));
     float inv = (float)(1.0 / s->acc.weight);
     for (size_t i = 0; i < s->acc.n; i++) out[i] = model[i] + s->sum[i] * inv;
     return FS_OK;

@@ -74,6 +74,7 @@ static void train_help(FILE *f)
         "  --steps N            steps per epoch (default: training slices / batch)\n"
         "  --batch B            images per step (default 16 for tiny, 8 otherwise; 32 on cuda)\n"
         "  --lr LR              Adam learning rate (default 0.001)\n"
+        "  --schedule S         cosine (default: decays per epoch to lr/20) | constant\n"
         "  --device D           cpu | cuda | auto (default auto)\n"
         "  --threads T          CPU threads (default: all cores)\n"
         "  --init CKPT          start from this checkpoint's parameters\n"
@@ -91,7 +92,8 @@ int fs_cmd_train(int argc, char **argv)
         {"lr", required_argument, 0, 'l'}, {"device", required_argument, 0, 'D'},
         {"threads", required_argument, 0, 't'}, {"init", required_argument, 0, 'i'},
         {"seed", required_argument, 0, 'S'}, {"metrics", required_argument, 0, 'M'},
-        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"quiet", no_argument, 0, 'q'}, {"schedule", required_argument, 0, 'L'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     fs_train_opts o = {0};
     o.preset = "tiny";
     o.epochs = 8;
@@ -116,6 +118,10 @@ int fs_cmd_train(int argc, char **argv)
         case 'S': if (!parse_pos_int("--seed", optarg, &seed)) return 2; o.seed = (uint64_t)seed; break;
         case 'M': o.metrics_json = optarg; break;
         case 'q': o.progress = 0; break;
+        case 'L':
+            if (!strcmp(optarg, "constant")) o.constant_lr = 1;
+            else if (strcmp(optarg, "cosine")) { fprintf(stderr, "fedseg train: --schedule is cosine or constant\n"); return 2; }
+            break;
         case 'h': train_help(stdout); return 0;
         default: train_help(stderr); return 2;
         }

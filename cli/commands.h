@@ -12,5 +12,7 @@ int fs_cmd_eval(int argc, char **argv);
 int fs_cmd_predict(int argc, char **argv);
 int fs_cmd_info(int argc, char **argv);
 int fs_cmd_provision(int argc, char **argv);
+int fs_cmd_node(int argc, char **argv);
+int fs_cmd_aggregator(int argc, char **argv);
 
 #endif

@@ -20,6 +20,8 @@ static const command commands[] = {
     {"predict", fs_cmd_predict, "segment one case, write a NIfTI label map and a picture"},
     {"info", fs_cmd_info, "layers and parameter count of a model preset"},
     {"provision", fs_cmd_provision, "make consortium certificates and startup kits, or add a site"},
+    {"aggregator", fs_cmd_aggregator, "run a federation's aggregator: FedAvg rounds over mutual TLS, crash-safe"},
+    {"node", fs_cmd_node, "run a site of a federation: train rounds for the aggregator (mutual TLS)"},
 };
 
 static void usage(FILE *f)
@@ -27,7 +29,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: fedseg <command> [options]   (fedseg <command> --help for details)\n\n"
                "Federated training of brain-tumour segmentation models.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+        fprintf(f, "  %-11s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\nbackends built: cpu%s\n", fs_backend_cuda() ? ", cuda" : "");
 }
 

@@ -161,6 +161,16 @@ typedef struct fs_backend {
     fs_status (*graph_capture_begin)(void *ctx);
     fs_status (*graph_capture_end)(void *ctx);
     fs_status (*graph_replay)(void *ctx);
+
+    /* --- aggregation ----------------------------------------------------- */
+    /* The FedAvg fold: sum[i] += w·chunk[i] for i < count (ACCUMULATES).
+     * Each element is one fp32 multiply, rounded, then one fp32 add, rounded
+     * (never a fused multiply-add): the arithmetic of aggregator/fedavg.c,
+     * so every backend gives the same bits (tolerance: exact, checked by
+     * tests/test_cuda_parity.c and tests/test_agg_fold.c). sum and chunk must
+     * not overlap. Values are not screened: rejecting NaN / Inf is the
+     * caller's job (aggregator/round_sum.c does it before uploading). */
+    fs_status (*fold)(void *ctx, size_t count, float *sum, const float *chunk, float w);
 } fs_backend;
 
 /* The CPU backend (always present). */

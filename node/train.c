@@ -212,10 +212,16 @@ fs_status fs_train_run(const fs_train_opts *o, fs_train_result *res)
 
     int steps = o->steps_per_epoch > 0 ? o->steps_per_epoch : (int)((train_slices + batch - 1) / batch);
     fs_adam_hp hp = {o->lr > 0 ? o->lr : 1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f};
+    const float lr0 = hp.lr;
     double t0 = now_s();
     long images = 0;
     for (int ep = 1; ep <= o->epochs; ep++) {
         double te = now_s(), loss_sum = 0;
+        /* Cosine decay per epoch from lr to lr/20 (constant with --schedule
+         * constant). Per epoch, not per step, so a CUDA graph of the step is
+         * re-captured once an epoch at most. */
+        if (!o->constant_lr && o->epochs > 1)
+            hp.lr = lr0 * (0.05f + 0.95f * 0.5f * (1.0f + cosf(3.14159265f * (ep - 1) / (o->epochs - 1))));
         for (int s = 0; s < steps; s++) {
             fs_sampler_batch(&sampler, batch, x, y);
             float loss;
@@ -244,8 +250,8 @@ fs_status fs_train_run(const fs_train_opts *o, fs_train_result *res)
                 if (val_site[v] == i) { cnt++; for (int r = 0; r < 3; r++) acc[r] += vd[v][r]; }
             for (int r = 0; r < 3; r++) res->site_dice[i][r] = cnt ? acc[r] / cnt : NAN;
         }
-        printf("epoch %d/%d  loss %.4f  val Dice WT %.3f TC %.3f ET %.3f  (%.1f s, %.1f img/s)\n", ep,
-               o->epochs, res->final_loss, mean[0], mean[1], mean[2], now_s() - te, steps * batch / train_s);
+        printf("epoch %d/%d  loss %.4f  val Dice WT %.3f TC %.3f ET %.3f  (lr %.2g, %.1f s, %.1f img/s)\n", ep,
+               o->epochs, res->final_loss, mean[0], mean[1], mean[2], hp.lr, now_s() - te, steps * batch / train_s);
         if (o->ndata > 1)
             for (int i = 0; i < res->nsites; i++)
                 printf("    %-40s WT %.3f TC %.3f ET %.3f\n", o->data[i], res->site_dice[i][0],

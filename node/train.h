@@ -25,7 +25,8 @@ typedef struct {
     int epochs;
     int batch;               /* 0 = preset default (16 tiny, 8 small/ref on CPU, 32 on CUDA) */
     int steps_per_epoch;     /* 0 = training slices / batch */
-    float lr;
+    float lr;                /* initial learning rate (default 1e-3) */
+    int constant_lr;         /* 0: cosine decay per epoch to lr/20; 1: constant */
     const char *device;      /* "cpu" | "cuda" | "auto" */
     const char *out;         /* checkpoint written after every epoch */
     const char *init;        /* optional checkpoint to start from */

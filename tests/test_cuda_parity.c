@@ -630,6 +630,42 @@ static void test_graph(bk *gpu)
     free(hx); free(hw0); free(hb); free(hg); free(hbt);
 }
 
+/* ---- FedAvg fold --------------------------------------------------------- */
+
+/* sum += w_s·chunk_s for several "sites" (weights like sample counts), at an
+ * offset `off` into the buffer (off = 1 defeats the float4 path's alignment).
+ * The op is specified as a rounded multiply then a rounded add, so the GPU
+ * must equal the CPU bit for bit (tolerance: exact). */
+static void test_fold(bk *cpu, bk *gpu, size_t count, size_t off)
+{
+    enum { SITES = 3 };
+    const float w[SITES] = {37.0f, 1.0f, 1234.5f};
+    float *sum0 = host_rand(off + count, 10.0f), *chunk[SITES];
+    for (int s = 0; s < SITES; s++) chunk[s] = host_rand(count, 0.01f);
+    float *res[2];
+    bk *ks[2] = {cpu, gpu};
+    for (int b = 0; b < 2; b++) {
+        bk *k = ks[b];
+        float *dsum = buf_new(k, off + count, sum0, 0u, SENT_OUT);
+        for (int s = 0; s < SITES; s++) {
+            float *dc = IN(k, count, chunk[s]);
+            ST(k, k->be->fold(k->ctx, count, dsum + off, dc, w[s]), "fold");
+            drop_in(k, dc, count, chunk[s], "fold chunk");
+        }
+        res[b] = take_out(k, dsum, off + count, "fold sum");
+    }
+    size_t diff = 0, first = 0;
+    for (size_t i = 0; i < off + count; i++)
+        if (bits_of(res[0][i]) != bits_of(res[1][i]) && diff++ == 0) first = i;
+    CHECK(diff == 0, "fold %zu at offset %zu: %zu elements differ from the CPU (first at %zu: cuda %.9g cpu %.9g)",
+          count, off, diff, first, diff ? res[1][first] : 0.0f, diff ? res[0][first] : 0.0f);
+    for (size_t i = 0; i < off; i++)
+        CHECK(bits_of(res[1][i]) == bits_of(sum0[i]), "fold: element %zu before the offset changed", i);
+    printf("fold %zu at offset %zu: cuda == cpu bit for bit (%s)\n", count, off, diff ? "NO" : "yes");
+    free(res[0]); free(res[1]); free(sum0);
+    for (int s = 0; s < SITES; s++) free(chunk[s]);
+}
+
 int main(void)
 {
     const fs_backend *cuda = fs_backend_cuda();
@@ -684,6 +720,11 @@ int main(void)
     test_adam(&cpu, &gpu, 1003, 0.0f);
     test_adam(&cpu, &gpu, 4097, 0.01f);
     test_adam(&cpu, &gpu, 3, 0.0f);
+
+    test_fold(&cpu, &gpu, 65536, 0);
+    test_fold(&cpu, &gpu, 1003, 1);
+    test_fold(&cpu, &gpu, 3, 0);
+    test_fold(&cpu, &gpu, (1u << 20) + 7, 0);
 
     test_graph(&gpu);
 

@@ -118,6 +118,7 @@ static const fs_backend fs_cpu_table = {
     .graph_capture_begin = cpu_graph_unsupported,
     .graph_capture_end = cpu_graph_unsupported,
     .graph_replay = cpu_graph_unsupported,
+    .fold = fs_cpu_fold,
 };
 
 const fs_backend *fs_backend_cpu(void) { return &fs_cpu_table; }

@@ -74,5 +74,7 @@ fs_status fs_cpu_loss_fwd_bwd(void *ctx, int n, int k, int hw, const float *logi
                               float *dlogits, void *ws);
 fs_status fs_cpu_adam_step(void *ctx, size_t count, float *w, const float *g, float *m,
                            float *v, const float *w_ref, fs_adam_hp hp, float *state);
+/* cpu_fold.c: the FedAvg fold sum += w·chunk (kernels/backend.h). */
+fs_status fs_cpu_fold(void *ctx, size_t count, float *sum, const float *chunk, float w);
 
 #endif

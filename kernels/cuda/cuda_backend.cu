@@ -404,6 +404,7 @@ static fs_backend make_table(void)
     t.graph_capture_begin = cuda_graph_capture_begin;
     t.graph_capture_end = cuda_graph_capture_end;
     t.graph_replay = cuda_graph_replay;
+    t.fold = fs_cuda_fold;
     return t;
 }
 

@@ -152,5 +152,7 @@ fs_status fs_cuda_loss_fwd_bwd(void *ctx, int n, int k, int hw, const float *log
                                float *dlogits, void *ws);
 fs_status fs_cuda_adam_step(void *ctx, size_t count, float *w, const float *g, float *m,
                             float *v, const float *w_ref, fs_adam_hp hp, float *state);
+/* cuda_fold.cu: the FedAvg fold sum += w·chunk (kernels/backend.h). */
+fs_status fs_cuda_fold(void *ctx, size_t count, float *sum, const float *chunk, float w);
 
 #endif

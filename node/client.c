@@ -1,0 +1,589 @@
+/*
+ * node/client.c — see client.h. Layout: the node's state and small helpers
+ * (sleep, backoff, channel), then one function per RPC (Join, GetTask,
+ * DownloadModel with its chunk sink, PushUpdate with its chunk source), then
+ * the TRAIN and FINISHED steps and the loop that ties them together.
+ *
+ * Status conventions inside this file: a step returns FS_OK; FS_ERR_IO when
+ * it is worth retrying after a backoff (the aggregator unreachable, a call
+ * reset or timed out, a damaged download); FS_ERR_MISMATCH when the
+ * aggregator refused with a reason (n->why holds it); anything else is fatal.
+ *
+ * Tested by tests/test_node_fake.c.
+ */
+#include "node/client.h"
+#include "node/session.h"
+#include "node/unet.h"
+#include "common/ckpt.h"
+#include "common/fsutil.h"
+#include "common/log.h"
+#include "common/rng.h"
+#include "common/transport.h"
+#include "common/wire.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the wire format is little-endian fp32 and this client sends host floats as they are"
+#endif
+
+#define SOFTWARE "fedseg 0.1.0"
+
+typedef struct {
+    const fs_node_config *cfg;
+    volatile sig_atomic_t *stop;
+    fs_tls_files tls;
+    fs_tclient *cl;
+    fs_session *ses;
+    char preset[FS_WIRE_PRESET_LEN];
+    int preset_auto;
+    size_t P;
+    float *wg;      /* the global model last downloaded              */
+    float *delta;   /* w_local - w_global of the update being sent   */
+    int joined;
+    char site_id[FS_WIRE_NAME_LEN];
+    /* an update trained but not yet delivered */
+    int pending;
+    uint32_t pend_model_crc;
+    fs_wire_update_header pend_hdr;
+    double pend_t0;           /* when the round started on this node */
+    uint64_t pend_recv;       /* bytes received for it               */
+    /* retry state */
+    int nfail;
+    fs_rng rng;
+    int unary_ms;
+    long transfer_ms;
+    fs_rpc_code rpc;          /* status of the last refused call */
+    char why[FS_WIRE_REASON_LEN + 64];
+    fs_node_report rep;
+} node;
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+uint64_t fs_node_round_seed(uint64_t seed, uint32_t round)
+{
+    uint64_t x = seed ^ ((uint64_t)round * 0xd1342543de82ef95ULL);
+    return fs_splitmix64(&x);
+}
+
+/* Sleeps `seconds` in slices of at most 100 ms, returning early once *stop is set. */
+static void nap(node *n, double seconds)
+{
+    double end = now_s() + seconds;
+    while (!*n->stop) {
+        double left = end - now_s();
+        if (left <= 0) break;
+        if (left > 0.1) left = 0.1;
+        struct timespec ts = {0, (long)(left * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* (Re)creates the channel. A failure here is a local problem (a PEM file
+ * missing or invalid: logged by the transport) and is fatal. */
+static fs_status reconnect(node *n)
+{
+    fs_tclient_free(n->cl);
+    n->cl = NULL;
+    return fs_tclient_connect(&n->cl, n->cfg->aggregator, n->cfg->plaintext ? NULL : &n->tls,
+                              FS_MAX_MSG_BYTES);
+}
+
+/* One failure: logs what failed and why, rebuilds the channel, and sleeps the
+ * next backoff delay: d = initial·2^(k-1) capped at max, drawn in [d/2, d]. */
+static fs_status backoff(node *n, const char *what)
+{
+    double init = n->cfg->backoff_initial_s > 0 ? n->cfg->backoff_initial_s : 0.5;
+    double cap = n->cfg->backoff_max_s > 0 ? n->cfg->backoff_max_s : 30.0;
+    double d = init;
+    for (int i = 1; i < n->nfail + 1 && d < cap; i++) d *= 2;
+    if (d > cap) d = cap;
+    d = d / 2 + fs_rng_uniform(&n->rng) * d / 2;
+    n->nfail++;
+    n->rep.retries++;
+    fs_log_warn("%s: %s; retry %d in %.1f s", what, n->why, n->nfail, d);
+    FS_TRY(reconnect(n));
+    nap(n, d);
+    return FS_OK;
+}
+
+/* Copies a call's outcome into n->rpc and n->why ("CODE: reason"). */
+static void note_call(node *n, const fs_call_result *r)
+{
+    const char *code = fs_rpc_code_str(r->rpc);
+    n->rpc = r->rpc;
+    if (!strncmp(r->reason, code, strlen(code))) snprintf(n->why, sizeof n->why, "%s", r->reason);
+    else snprintf(n->why, sizeof n->why, "%s: %s", code, r->reason[0] ? r->reason : "(no reason)");
+}
+
+/* Opens (or reopens, for another preset) the training session. */
+static fs_status open_session(node *n, const char *preset)
+{
+    const fs_node_config *c = n->cfg;
+    fs_session_free(n->ses);
+    n->ses = NULL;
+    free(n->wg);
+    free(n->delta);
+    n->wg = n->delta = NULL;
+    FS_TRY(fs_session_open(&n->ses, c->data, c->ndata, preset, c->device ? c->device : "auto", c->batch,
+                           c->seed, c->threads));
+    fs_session_set_stop(n->ses, n->stop);
+    snprintf(n->preset, sizeof n->preset, "%s", preset);
+    n->P = fs_session_nparams(n->ses);
+    n->wg = malloc(n->P * sizeof(float));
+    n->delta = malloc(n->P * sizeof(float));
+    if (!n->wg || !n->delta) return FS_ERR_NOMEM;
+    n->transfer_ms = n->unary_ms + (long)((double)n->P * 4 * 0.004);
+    return FS_OK;
+}
+
+/* ---- Join ---------------------------------------------------------------- */
+
+static fs_status join(node *n)
+{
+    fs_wire_join_request rq = {FS_PROTOCOL_VERSION, {0}, fs_session_nsamples(n->ses), SOFTWARE};
+    snprintf(rq.preset, sizeof rq.preset, "%s", n->preset);
+    uint8_t *msg = NULL, *rep = NULL;
+    size_t len = 0, rlen = 0;
+    FS_TRY(fs_wire_encode_join_request(&rq, &msg, &len));
+    fs_call_result r;
+    fs_status st = fs_tclient_unary(n->cl, fs_federation_methods[FS_M_JOIN].path, msg, len, &rep, &rlen,
+                                    n->unary_ms, &r);
+    free(msg);
+    if (st != FS_OK) {
+        free(rep);
+        note_call(n, &r);
+        if (st == FS_ERR_MISMATCH)
+            fs_log_error("the aggregator %s refused this site: %s", n->cfg->aggregator, n->why);
+        return st;
+    }
+    fs_wire_join_reply jr;
+    char why[256] = "";
+    st = fs_wire_decode_join_reply(rep, rlen, &jr, why, sizeof why);
+    free(rep);
+    if (st != FS_OK) {
+        fs_log_error("the aggregator %s answered Join with a message this node cannot use: %s",
+                     n->cfg->aggregator, why);
+        return st == FS_ERR_MISMATCH ? st : FS_ERR_FORMAT;
+    }
+    if (!jr.accepted) {
+        if (n->preset_auto && jr.preset[0] && strcmp(jr.preset, n->preset) && fs_preset_find(jr.preset)) {
+            fs_log_info("the aggregator trains model '%s'; reloading the data for it", jr.preset);
+            n->preset_auto = 0;
+            FS_TRY(open_session(n, jr.preset));
+            return join(n);
+        }
+        fs_log_error("the aggregator %s refused this site: %s", n->cfg->aggregator,
+                     jr.reason[0] ? jr.reason : "(no reason given)");
+        return FS_ERR_MISMATCH;
+    }
+    if (jr.num_params != n->P) {
+        fs_log_error("the aggregator's model '%s' has %llu parameters, this site's '%s' has %zu",
+                     jr.preset, (unsigned long long)jr.num_params, n->preset, n->P);
+        return FS_ERR_MISMATCH;
+    }
+    if (n->cfg->site && n->cfg->site[0] && strcmp(n->cfg->site, jr.site_id))
+        fs_log_warn("the aggregator knows this site as '%s' (its certificate's name), the config says '%s'",
+                    jr.site_id, n->cfg->site);
+    snprintf(n->site_id, sizeof n->site_id, "%s", jr.site_id);
+    fs_log_info("joined the federation at %s as '%s' (model %s, %zu parameters, %llu training slices; "
+                "round %u)", n->cfg->aggregator, jr.site_id, n->preset, n->P,
+                (unsigned long long)rq.num_samples, jr.round);
+    n->joined = 1;
+    return FS_OK;
+}
+
+/* ---- GetTask ------------------------------------------------------------- */
+
+static fs_status get_task(node *n, fs_wire_task *t)
+{
+    fs_wire_task_request rq = {FS_PROTOCOL_VERSION, n->rep.last_round_done};
+    uint8_t *msg = NULL, *rep = NULL;
+    size_t len = 0, rlen = 0;
+    FS_TRY(fs_wire_encode_task_request(&rq, &msg, &len));
+    fs_call_result r;
+    fs_status st = fs_tclient_unary(n->cl, fs_federation_methods[FS_M_GET_TASK].path, msg, len, &rep,
+                                    &rlen, n->unary_ms, &r);
+    free(msg);
+    if (st != FS_OK) {
+        free(rep);
+        note_call(n, &r);
+        return st;
+    }
+    char why[256] = "";
+    st = fs_wire_decode_task(rep, rlen, t, why, sizeof why);
+    free(rep);
+    if (st != FS_OK) {
+        snprintf(n->why, sizeof n->why, "malformed Task from the aggregator: %s", why);
+        n->rpc = FS_RPC_INVALID_ARGUMENT; /* another protocol version: fatal */
+        return st == FS_ERR_MISMATCH ? FS_ERR_MISMATCH : FS_ERR_IO;
+    }
+    return FS_OK;
+}
+
+/* ---- DownloadModel ------------------------------------------------------- */
+
+typedef struct {
+    uint32_t round;
+    size_t P;
+    float *dst;
+    uint64_t next;        /* parameters received */
+    uint32_t crc_run, crc_msg;
+    int have_crc;
+    uint64_t bytes;
+    char err[256];
+} dl_state;
+
+/* Checks one ModelChunk and copies it into place; non-zero cancels the call. */
+static int dl_sink(void *u, const uint8_t *msg, size_t len)
+{
+    dl_state *d = u;
+    fs_wire_model_chunk c;
+    char why[256] = "";
+    size_t bad = 0;
+    d->bytes += len;
+    if (fs_wire_decode_model_chunk(msg, len, &c, why, sizeof why) != FS_OK) {
+        snprintf(d->err, sizeof d->err, "malformed model chunk: %s", why);
+        return 1;
+    }
+    if (c.round != d->round || c.num_params != d->P || c.offset != d->next || c.len / 4 > d->P - d->next ||
+        (d->have_crc && c.crc32 != d->crc_msg)) {
+        snprintf(d->err, sizeof d->err,
+                 "model chunk for round %u, %llu parameters, offset %llu, CRC %08x does not continue "
+                 "round %u's model of %zu parameters at offset %llu",
+                 c.round, (unsigned long long)c.num_params, (unsigned long long)c.offset, c.crc32, d->round,
+                 d->P, (unsigned long long)d->next);
+        return 1;
+    }
+    if (fs_wire_check_finite(c.data, c.len, &bad) != FS_OK) {
+        snprintf(d->err, sizeof d->err, "the global model holds NaN or Inf at parameter %llu",
+                 (unsigned long long)(d->next + bad));
+        return 1;
+    }
+    d->crc_msg = c.crc32;
+    d->have_crc = 1;
+    d->crc_run = fs_wire_crc32_bytes(d->crc_run, c.data, c.len);
+    fs_wire_copy_f32(d->dst + d->next, c.data, c.len);
+    d->next += c.len / 4;
+    return 0;
+}
+
+/* Downloads the model that round `round` trains on into n->wg; want_crc
+ * (0 = unknown) is the Task's CRC of it. *bytes receives the bytes received. */
+static fs_status download(node *n, uint32_t round, uint32_t want_crc, uint64_t *bytes)
+{
+    fs_wire_model_request rq = {FS_PROTOCOL_VERSION, round};
+    uint8_t *msg = NULL;
+    size_t len = 0;
+    FS_TRY(fs_wire_encode_model_request(&rq, &msg, &len));
+    dl_state d = {round, n->P, n->wg, 0, 0, 0, 0, 0, ""};
+    fs_call_result r;
+    fs_status st = fs_tclient_download(n->cl, fs_federation_methods[FS_M_DOWNLOAD_MODEL].path, msg, len,
+                                       dl_sink, &d, (int)n->transfer_ms, &r);
+    free(msg);
+    *bytes = d.bytes;
+    if (st != FS_OK && d.err[0]) {
+        snprintf(n->why, sizeof n->why, "%s", d.err);
+        return FS_ERR_IO;
+    }
+    if (st != FS_OK) {
+        note_call(n, &r);
+        return st == FS_ERR_MISMATCH ? FS_ERR_MISMATCH : st == FS_ERR_NOMEM ? st : FS_ERR_IO;
+    }
+    if (d.next != n->P) {
+        snprintf(n->why, sizeof n->why, "model stream of round %u ended after %llu of %zu parameters", round,
+                 (unsigned long long)d.next, n->P);
+        return FS_ERR_IO;
+    }
+    if (d.crc_run != d.crc_msg || (want_crc && d.crc_run != want_crc)) {
+        snprintf(n->why, sizeof n->why, "model of round %u: CRC-32 %08x, the stream says %08x, the task %08x",
+                 round, d.crc_run, d.crc_msg, want_crc);
+        return FS_ERR_IO;
+    }
+    return FS_OK;
+}
+
+/* ---- PushUpdate ---------------------------------------------------------- */
+
+typedef struct {
+    const float *delta;
+    size_t P;
+    uint64_t off;
+    const fs_wire_update_header *hdr;
+    uint64_t bytes;
+    volatile sig_atomic_t *stop;
+} up_state;
+
+/* Produces the next UpdateChunk (the header on the first); 0 at the end. */
+static int up_next(void *u, uint8_t **msg, size_t *len)
+{
+    up_state *s = u;
+    if (*s->stop) return -1;
+    if (s->off >= s->P) return 0;
+    size_t cnt = s->P - s->off < FS_CHUNK_PARAMS ? s->P - s->off : FS_CHUNK_PARAMS;
+    fs_wire_update_chunk c;
+    memset(&c, 0, sizeof c);
+    c.has_header = s->off == 0;
+    if (c.has_header) c.header = *s->hdr;
+    c.offset = s->off;
+    c.data = (const uint8_t *)(s->delta + s->off);
+    c.len = cnt * 4;
+    if (fs_wire_encode_update_chunk(&c, msg, len) != FS_OK) return -1;
+    s->off += cnt;
+    s->bytes += *len;
+    return 1;
+}
+
+/* Streams n->delta with header n->pend_hdr. FS_OK = accepted. */
+static fs_status push(node *n, uint64_t *bytes)
+{
+    up_state s = {n->delta, n->P, 0, &n->pend_hdr, 0, n->stop};
+    uint8_t *rep = NULL;
+    size_t rlen = 0;
+    fs_call_result r;
+    fs_status st = fs_tclient_upload(n->cl, fs_federation_methods[FS_M_PUSH_UPDATE].path, up_next, &s, &rep,
+                                     &rlen, (int)n->transfer_ms, &r);
+    *bytes = s.bytes;
+    if (st != FS_OK) {
+        free(rep);
+        note_call(n, &r);
+        if (st == FS_ERR_ARG && *n->stop) return FS_OK; /* we cancelled it: stopping */
+        return st == FS_ERR_MISMATCH ? FS_ERR_MISMATCH : st == FS_ERR_NOMEM ? st : FS_ERR_IO;
+    }
+    fs_wire_update_ack ack;
+    char why[256] = "";
+    st = fs_wire_decode_update_ack(rep, rlen, &ack, why, sizeof why);
+    free(rep);
+    if (st != FS_OK) {
+        snprintf(n->why, sizeof n->why, "malformed UpdateAck: %s", why);
+        return FS_ERR_IO;
+    }
+    if (!ack.accepted) {
+        snprintf(n->why, sizeof n->why, "%s", ack.reason[0] ? ack.reason : "(no reason given)");
+        return FS_ERR_MISMATCH;
+    }
+    return FS_OK;
+}
+
+/* ---- rounds -------------------------------------------------------------- */
+
+/* Atomically checkpoints n->wg (the global model after `completed` rounds)
+ * as STATE_DIR/name; a failure is only a warning. */
+static void save_global(node *n, const char *name, uint32_t completed)
+{
+    if (!n->cfg->state_dir) return;
+    const fs_preset *pr = fs_preset_find(n->preset);
+    char path[4096];
+    if (!pr || snprintf(path, sizeof path, "%s/%s", n->cfg->state_dir, name) >= (int)sizeof path) return;
+    fs_ckpt_meta meta;
+    memset(&meta, 0, sizeof meta);
+    snprintf(meta.preset, sizeof meta.preset, "%s", pr->name);
+    meta.base = (uint32_t)pr->base;
+    meta.depth = (uint32_t)pr->depth;
+    meta.size = (uint32_t)pr->size;
+    meta.nparams = n->P;
+    meta.epoch = completed;
+    if (fs_mkdir_p(n->cfg->state_dir) != FS_OK || fs_ckpt_write(path, &meta, n->wg, NULL, NULL, 0) != FS_OK)
+        fs_log_warn("%s: could not save the global model (training goes on)", path);
+}
+
+/* TRAIN(t->round): download, evaluate, train, form the delta, push it (or
+ * re-push a pending update of the same round and model). */
+static fs_status train_round(node *n, const fs_wire_task *t)
+{
+    uint32_t r = t->round;
+    if (t->num_params && t->num_params != n->P) {
+        /* the aggregator changed its model: Join again, which refuses clearly */
+        snprintf(n->why, sizeof n->why, "the task is for a model of %llu parameters, this site's has %zu",
+                 (unsigned long long)t->num_params, n->P);
+        n->joined = 0;
+        return FS_ERR_MISMATCH;
+    }
+    if (n->pending && (n->pend_hdr.round != r || n->pend_model_crc != t->model_crc32)) {
+        fs_log_info("dropping the undelivered update of round %u (the aggregator is at round %u)",
+                    n->pend_hdr.round, r);
+        n->pending = 0;
+    }
+    if (!n->pending) {
+        double t0 = now_s();
+        uint64_t recv = 0;
+        fs_status st = download(n, r, t->model_crc32, &recv);
+        if (st != FS_OK) return st;
+        save_global(n, "global.ckpt", r - 1);
+        double dice[3];
+        FS_TRY(fs_session_set_params(n->ses, n->wg));
+        FS_TRY(fs_session_eval(n->ses, dice));
+        fs_session_seed(n->ses, fs_node_round_seed(n->cfg->seed, r));
+        double loss = NAN, ts = now_s();
+        FS_TRY(fs_session_train(n->ses, (int)t->local_epochs, (int)t->steps_per_epoch, t->lr, t->prox_mu,
+                                &loss));
+        ts = now_s() - ts;
+        if (*n->stop) return FS_OK;
+        FS_TRY(fs_session_get_params(n->ses, n->delta));
+        for (size_t i = 0; i < n->P; i++) n->delta[i] -= n->wg[i];
+        n->rep.rounds_trained++;
+        fs_wire_update_header *h = &n->pend_hdr;
+        memset(h, 0, sizeof *h);
+        h->protocol_version = FS_PROTOCOL_VERSION;
+        h->round = r;
+        h->num_params = n->P;
+        h->num_samples = fs_session_nsamples(n->ses);
+        h->train_loss = (float)loss;
+        h->global_dice_wt = (float)dice[0];
+        h->global_dice_tc = (float)dice[1];
+        h->global_dice_et = (float)dice[2];
+        h->train_seconds = ts;
+        h->crc32 = fs_wire_crc32_f32(0, n->delta, n->P);
+        n->pending = 1;
+        n->pend_model_crc = t->model_crc32;
+        n->pend_t0 = t0;
+        n->pend_recv = recv;
+    } else {
+        fs_log_info("sending the update of round %u again (already trained)", r);
+    }
+    uint64_t sent = 0;
+    fs_status st = push(n, &sent);
+    if (*n->stop) return FS_OK;
+    if (st == FS_ERR_MISMATCH) {
+        fs_log_warn("the aggregator refused this site's update for round %u: %s", r, n->why);
+        n->pending = 0;
+        n->rep.updates_refused++;
+        return FS_OK;
+    }
+    if (st != FS_OK) return st;
+    const fs_wire_update_header *h = &n->pend_hdr;
+    n->pending = 0;
+    n->rep.updates_accepted++;
+    n->rep.last_round_done = r;
+    printf("round %u  global Dice WT %.3f TC %.3f ET %.3f  loss %.4f  train %.1f s  round %.1f s  "
+           "sent %.2f MB  received %.2f MB\n",
+           r, h->global_dice_wt, h->global_dice_tc, h->global_dice_et, h->train_loss, h->train_seconds,
+           now_s() - n->pend_t0, sent / 1e6, n->pend_recv / 1e6);
+    fflush(stdout);
+    return FS_OK;
+}
+
+/* FINISHED after round t->round: fetch, evaluate and save the final model
+ * (a few tries; the federation is over either way). */
+static void finish(node *n, const fs_wire_task *t)
+{
+    n->rep.finished = 1;
+    fs_status st = FS_ERR_IO;
+    uint64_t recv = 0;
+    for (int tries = 0; tries < 3 && !*n->stop; tries++) {
+        st = download(n, t->round + 1, t->model_crc32, &recv);
+        if (st != FS_ERR_IO) break;
+        if (tries < 2 && backoff(n, "downloading the final model") != FS_OK) break;
+    }
+    if (st != FS_OK) {
+        fs_log_warn("federation finished after round %u, but the final model could not be fetched: %s",
+                    t->round, n->why);
+        return;
+    }
+    double dice[3];
+    if (fs_session_set_params(n->ses, n->wg) != FS_OK || fs_session_eval(n->ses, dice) != FS_OK) return;
+    memcpy(n->rep.final_dice, dice, sizeof dice);
+    save_global(n, "global.ckpt", t->round);
+    save_global(n, "final.ckpt", t->round);
+    printf("federation finished after round %u: final global model, held-out Dice WT %.3f TC %.3f ET %.3f "
+           "(received %.2f MB)\n", t->round, dice[0], dice[1], dice[2], recv / 1e6);
+    fflush(stdout);
+}
+
+/* The loop of client.h. Returns FS_OK when finished or stopped, else the
+ * fatal status (already logged). */
+static fs_status loop(node *n)
+{
+    while (!*n->stop) {
+        fs_status st;
+        if (!n->joined) {
+            st = join(n);
+            if (st == FS_ERR_IO) {
+                FS_TRY(backoff(n, "joining the federation"));
+                continue;
+            }
+            if (st != FS_OK) return st;
+        }
+        fs_wire_task t;
+        st = get_task(n, &t);
+        if (st == FS_ERR_IO) {
+            FS_TRY(backoff(n, "asking for a task"));
+            continue;
+        }
+        if (st == FS_ERR_MISMATCH) {
+            /* refused: fatal for identity / protocol problems, else join again */
+            if (n->rpc == FS_RPC_PERMISSION_DENIED || n->rpc == FS_RPC_NOT_FOUND ||
+                n->rpc == FS_RPC_UNIMPLEMENTED || n->rpc == FS_RPC_INVALID_ARGUMENT) {
+                fs_log_error("the aggregator %s refused this site's task request: %s", n->cfg->aggregator,
+                             n->why);
+                return FS_ERR_MISMATCH;
+            }
+            n->joined = 0;
+            FS_TRY(backoff(n, "asking for a task (joining again)"));
+            continue;
+        }
+        if (st != FS_OK) return st;
+        n->nfail = 0;
+        if (t.action == FS_TASK_WAIT) {
+            nap(n, (t.retry_after_ms ? t.retry_after_ms : 1000) / 1000.0);
+        } else if (t.action == FS_TASK_TRAIN) {
+            st = train_round(n, &t);
+            if (st == FS_ERR_IO || st == FS_ERR_MISMATCH) {
+                char what[64];
+                snprintf(what, sizeof what, "round %u", t.round);
+                FS_TRY(backoff(n, what));
+            } else if (st != FS_OK) {
+                return st;
+            } else {
+                n->nfail = 0;
+            }
+        } else {
+            finish(n, &t);
+            return FS_OK;
+        }
+    }
+    fs_log_info("stopping");
+    return FS_OK;
+}
+
+fs_status fs_node_run(const fs_node_config *cfg, volatile sig_atomic_t *stop)
+{
+    static volatile sig_atomic_t never = 0;
+    if (!cfg || !cfg->aggregator || !cfg->data || cfg->ndata <= 0) return FS_ERR_ARG;
+    if (!cfg->plaintext && (!cfg->ca || !cfg->cert || !cfg->key)) {
+        fs_log_error("node: the CA certificate, this site's certificate and its key are all required "
+                     "(mutual TLS)");
+        return FS_ERR_ARG;
+    }
+    node *n = calloc(1, sizeof *n);
+    if (!n) return FS_ERR_NOMEM;
+    n->cfg = cfg;
+    n->stop = stop ? stop : &never;
+    n->tls = (fs_tls_files){cfg->ca, cfg->cert, cfg->key, cfg->server_name};
+    n->unary_ms = cfg->rpc_timeout_ms > 0 ? cfg->rpc_timeout_ms : 10000;
+    n->rep.final_dice[0] = n->rep.final_dice[1] = n->rep.final_dice[2] = NAN;
+    fs_rng_seed(&n->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32), 0x6e6f6465ULL);
+    const char *preset = cfg->preset && strcmp(cfg->preset, "auto") ? cfg->preset : "tiny";
+    n->preset_auto = !cfg->preset || !strcmp(cfg->preset, "auto");
+    fs_status st = open_session(n, preset);
+    if (st == FS_OK) st = reconnect(n);
+    if (st == FS_OK) st = loop(n);
+    if (cfg->report) *cfg->report = n->rep;
+    fs_tclient_free(n->cl);
+    fs_session_free(n->ses);
+    free(n->wg);
+    free(n->delta);
+    free(n);
+    return st;
+}
