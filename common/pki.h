@@ -31,7 +31,8 @@
 #include <stddef.h>
 #include "kernels/status.h"
 
-#define FS_PKI_NAME_MAX 64       /* longest site / consortium name           */
+#define FS_PKI_NAME_MAX 63       /* longest site / consortium name (the wire
+                                    protocol carries at most 63 characters) */
 #define FS_PKI_CA_DAYS 3650      /* CA validity (10 years)                   */
 #define FS_PKI_LEAF_DAYS 1825    /* aggregator / site validity (5 years),
                                     clamped to the CA's own end              */

@@ -173,7 +173,7 @@ refuse "dot-dot name" --out "$C" --add-site ..
 refuse "reserved name" --out "$C" --add-site aggregator
 refuse "name twice" --out "$C" --add-site n1,n1
 refuse "empty name" --out "$C" --add-site n1,
-refuse "65-character name" --out "$C" --add-site "$(printf 'a%.0s' $(seq 65))"
+refuse "64-character name" --out "$C" --add-site "$(printf 'a%.0s' $(seq 64))"
 refuse "--add-site with --sites" --out "$C" --add-site n2 --sites n3
 refuse "missing --out" --add-site n2
 mkdir "$T/junk" && echo x > "$T/junk/notes.txt"
