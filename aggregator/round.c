@@ -41,6 +41,10 @@
 #include <unistd.h>
 
 #define PATH_LEN 4096
+/* Write-back of a spool is started every this many bytes while the update
+ * streams in, so that the fsync before the ack has little left to write
+ * (that fsync blocks the event loop that receives every other upload). */
+#define SPOOL_FLUSH_BYTES ((uint64_t)8 << 20)
 
 typedef struct {
     char name[FS_WIRE_NAME_LEN];
@@ -66,6 +70,7 @@ struct fs_round_upload {
     fs_status dead_status;
     char dead_why[FS_WIRE_REASON_LEN];
     uint64_t received;        /* parameters */
+    uint64_t flushed;         /* spool bytes whose write-back was started */
     uint32_t crc;
     double t_begin;
     char path[PATH_LEN];
@@ -1394,6 +1399,15 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
     }
     u->crc = fs_wire_crc32_bytes(u->crc, data, len);
     u->received += len / 4;
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Start (not wait for) the write-back of what arrived so far; an error
+     * here is only a lost hint: the fsync at the end is what counts. */
+    if (u->received * 4 - u->flushed >= SPOOL_FLUSH_BYTES) {
+        (void)sync_file_range(u->fd, (off_t)u->flushed, (off_t)(u->received * 4 - u->flushed),
+                              SYNC_FILE_RANGE_WRITE);
+        u->flushed = u->received * 4;
+    }
+#endif
     CRASH_POINT(a, FS_CRASH_MID_UPLOAD);
     return FS_OK;
 }
