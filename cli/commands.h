@@ -14,5 +14,6 @@ int fs_cmd_info(int argc, char **argv);
 int fs_cmd_provision(int argc, char **argv);
 int fs_cmd_node(int argc, char **argv);
 int fs_cmd_aggregator(int argc, char **argv);
+int fs_cmd_sim(int argc, char **argv);
 
 #endif

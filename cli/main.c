@@ -22,6 +22,7 @@ static const command commands[] = {
     {"provision", fs_cmd_provision, "make consortium certificates and startup kits, or add a site"},
     {"aggregator", fs_cmd_aggregator, "run a federation's aggregator: FedAvg rounds over mutual TLS, crash-safe"},
     {"node", fs_cmd_node, "run a site of a federation: train rounds for the aggregator (mutual TLS)"},
+    {"sim", fs_cmd_sim, "a whole federation on this machine: data, certificates, aggregator, N nodes, plot"},
 };
 
 static void usage(FILE *f)
