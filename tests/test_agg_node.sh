@@ -8,15 +8,8 @@
 # Dice, bytes and seconds, and each site's final model is byte for byte the
 # aggregator's last global checkpoint. About 10 s.
 set -u
-F=${FS_FEDSEG:?FS_FEDSEG (the fedseg binary) must be set}
-W=agg_node_work
-rm -rf "$W" && mkdir -p "$W" || exit 1
-cd "$W" || exit 1
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    d=$1; shift
-    if "$@"; then echo "ok: $d"; else echo "FAIL: $d"; fail=1; fi
-}
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin agg_node_work
 "$F" synth --out data --sites 2 --cases-per-site 3,3 --voxel-scale 2 --quiet --threads 1 || exit 1
 "$F" provision --consortium nodetest --aggregator 127.0.0.1 --sites site_1,site_2 --out cons >/dev/null || exit 1
 

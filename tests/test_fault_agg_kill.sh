@@ -14,15 +14,8 @@
 # twice; the nodes' final models are the aggregator's. About 20-40 s.
 # shellcheck disable=SC2154 # p_site_* are assigned through eval
 set -u
-F=${FS_FEDSEG:?FS_FEDSEG (the fedseg binary) must be set}
-W=fault_agg_kill_work
-rm -rf "$W" && mkdir -p "$W" || exit 1
-cd "$W" || exit 1
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    d=$1; shift
-    if "$@"; then echo "ok: $d"; else echo "FAIL: $d"; fail=1; fi
-}
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin fault_agg_kill_work
 "$F" synth --out data --sites 3 --cases-per-site 2,2,2 --voxel-scale 2 --quiet --threads 1 || exit 1
 "$F" provision --consortium faults --aggregator 127.0.0.1 --sites site_1,site_2,site_3 --out cons >/dev/null || exit 1
 M=cons/aggregator/state/metrics.jsonl

@@ -20,16 +20,9 @@
 # (tests/test_agg_server.c). About 15-25 s.
 # shellcheck disable=SC2154 # p_site_* are assigned through eval
 set -u
-F=${FS_FEDSEG:?FS_FEDSEG (the fedseg binary) must be set}
 command -v openssl >/dev/null 2>&1 || { echo "skip: the openssl program is not installed"; exit 77; }
-W=fault_tls_work
-rm -rf "$W" && mkdir -p "$W" || exit 1
-cd "$W" || exit 1
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    d=$1; shift
-    if "$@"; then echo "ok: $d"; else echo "FAIL: $d"; fail=1; fi
-}
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin fault_tls_work
 "$F" synth --out data --sites 2 --cases-per-site 2,2 --voxel-scale 2 --quiet --threads 1 || exit 1
 "$F" provision --consortium faults --aggregator 127.0.0.1 --sites site_1,site_2,mallory --out cons >/dev/null || exit 1
 "$F" provision --consortium rogue --aggregator 127.0.0.1 --sites site_1 --out rogue >/dev/null || exit 1

@@ -10,15 +10,8 @@
 # left. Then a second run on the first run's data (--data) and bad usage.
 # About 20 s.
 set -u
-F=${FS_FEDSEG:?FS_FEDSEG (the fedseg binary) must be set}
-W=sim_work
-rm -rf "$W" && mkdir -p "$W" || exit 1
-cd "$W" || exit 1
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    d=$1; shift
-    if "$@"; then echo "ok: $d"; else echo "FAIL: $d"; fail=1; fi
-}
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin sim_work
 timeout 300 "$F" sim --sites 2 --rounds 3 --local-epochs 1 --steps 3 --batch 4 --cases-per-site 3,3 \
     --voxel-scale 2 --device cpu --out run1 >out1.txt 2>err1.txt
 rc=$?

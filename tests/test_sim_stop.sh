@@ -10,15 +10,8 @@
 # After each: every process the run started has ended. About 30-60 s.
 # shellcheck disable=SC2046 # lists of pids are split into words on purpose
 set -u
-F=${FS_FEDSEG:?FS_FEDSEG (the fedseg binary) must be set}
-W=sim_stop_work
-rm -rf "$W" && mkdir -p "$W" || exit 1
-cd "$W" || exit 1
-fail=0
-check() { # check DESCRIPTION COMMAND...
-    d=$1; shift
-    if "$@"; then echo "ok: $d"; else echo "FAIL: $d"; fail=1; fi
-}
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin sim_stop_work
 "$F" synth --out data --sites 2 --cases-per-site 3,3 --voxel-scale 2 --quiet --threads 1 || exit 1
 
 # start_sim RUN: starts a long simulation in the background (pid in $sim)
