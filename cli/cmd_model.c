@@ -2,6 +2,7 @@
  * cli/cmd_model.c — `fedseg train`, `eval`, `predict` and `info`: argument
  * parsing and printing only; the work is in node/train.c and node/unet.c.
  */
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "common/log.h"
 #include "common/png.h"
@@ -21,10 +22,8 @@
 /* Parses a positive int option; prints the problem and returns 0 when bad. */
 static int parse_pos_int(const char *opt, const char *s, int *out)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v <= 0 || v > INT_MAX) {
+    long long v;
+    if (!fs_arg_ll(s, 1, INT_MAX, &v)) {
         fprintf(stderr, "fedseg: %s expects a positive whole number, got '%s'\n", opt, s);
         return 0;
     }
@@ -34,13 +33,12 @@ static int parse_pos_int(const char *opt, const char *s, int *out)
 
 static int parse_pos_float(const char *opt, const char *s, float *out)
 {
-    char *end;
-    float v = strtof(s, &end);
-    if (*end || !(v > 0) || v > 1e6f) {
+    double v;
+    if (!fs_arg_double(s, 0, 1e6, &v) || !(v > 0)) {
         fprintf(stderr, "fedseg: %s expects a positive number, got '%s'\n", opt, s);
         return 0;
     }
-    *out = v;
+    *out = (float)v;
     return 1;
 }
 

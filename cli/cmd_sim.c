@@ -34,6 +34,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/sim.h"
 #include "common/fsutil.h"
@@ -135,26 +136,6 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-static int parse_int(const char *s, long long lo, long long hi, long long *out)
-{
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
-
 /* Parses the command line. 0 to go on, -1 after --help, 2 bad usage. */
 static int parse_args(int argc, char **argv, sim_opts *o)
 {
@@ -184,17 +165,17 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     while ((c = getopt_long(argc, argv, "h", opts, &li)) != -1) {
         int ok = 1;
         switch (c) {
-        case 'n': ok = parse_int(optarg, 1, FS_SIM_MAX_SITES, &v); o->nsites = (int)v; o->sites_given = 1; break;
-        case 'r': ok = parse_int(optarg, 1, 100000, &v); o->rounds = (int)v; break;
-        case 'e': ok = parse_int(optarg, 1, 10000, &v); o->local_epochs = (int)v; break;
-        case 's': ok = parse_int(optarg, 1, 100000000, &v); o->steps = (int)v; break;
-        case 'M': ok = parse_int(optarg, 1, FS_SIM_MAX_SITES, &v); o->min_sites = (int)v; break;
-        case 't': ok = parse_int(optarg, 1, 4096, &v); o->threads = (int)v; break;
-        case 'b': ok = parse_int(optarg, 1, 4096, &v); o->batch = (int)v; break;
-        case 'S': ok = parse_int(optarg, 0, (long long)1 << 40, &o->seed); break;
-        case 'D': ok = parse_double(optarg, 1e-3, 1e9, &o->deadline); break;
-        case 'l': ok = parse_double(optarg, 1e-12, 1e3, &o->lr); break;
-        case 'x': ok = parse_double(optarg, 0.5, 4, &o->voxel_scale); break;
+        case 'n': ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->nsites = (int)v; o->sites_given = 1; break;
+        case 'r': ok = fs_arg_ll(optarg, 1, 100000, &v); o->rounds = (int)v; break;
+        case 'e': ok = fs_arg_ll(optarg, 1, 10000, &v); o->local_epochs = (int)v; break;
+        case 's': ok = fs_arg_ll(optarg, 1, 100000000, &v); o->steps = (int)v; break;
+        case 'M': ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->min_sites = (int)v; break;
+        case 't': ok = fs_arg_ll(optarg, 1, 4096, &v); o->threads = (int)v; break;
+        case 'b': ok = fs_arg_ll(optarg, 1, 4096, &v); o->batch = (int)v; break;
+        case 'S': ok = fs_arg_ll(optarg, 0, (long long)1 << 40, &o->seed); break;
+        case 'D': ok = fs_arg_double(optarg, 1e-3, 1e9, &o->deadline); break;
+        case 'l': ok = fs_arg_double(optarg, 1e-12, 1e3, &o->lr); break;
+        case 'x': ok = fs_arg_double(optarg, 0.5, 4, &o->voxel_scale); break;
         case 'm': o->model = optarg; ok = fs_preset_find(optarg) != NULL; break;
         case 'd': o->data = optarg; break;
         case 'o': o->out = optarg; break;
