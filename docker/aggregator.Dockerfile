@@ -21,7 +21,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libopenblas-dev libnifti2-dev libpng-dev zlib1g-dev \
-      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev \
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev libsodium-dev libisal-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -37,7 +37,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0 libnifti2-2 libpng16-16 zlib1g libgomp1 \
-      libgrpc29 libprotobuf-c1 libssl3 \
+      libgrpc29 libprotobuf-c1 libssl3 libsodium23 libisal2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /usr/local/bin/fedseg /usr/local/bin/
 RUN if ldd /usr/local/bin/fedseg | grep 'not found'; then \

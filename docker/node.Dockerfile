@@ -26,7 +26,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libopenblas-dev libnifti2-dev libpng-dev zlib1g-dev \
-      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev \
+      libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libssl-dev libsodium-dev libisal-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -45,7 +45,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libopenblas0 libnifti2-2 libpng16-16t64 zlib1g libgomp1 \
-      libgrpc29t64 libprotobuf-c1 libssl3t64 \
+      libgrpc29t64 libprotobuf-c1 libssl3t64 libsodium23 libisal2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /usr/local/bin/fedseg /usr/local/bin/bench_step /usr/local/bin/
 # Every shared library the programs need must resolve in this image (libcuda

@@ -4,7 +4,7 @@
 # root. The CUDA toolkit is optional (the CUDA backend is built when nvcc is
 # found) and is not installed here.
 set -eu
-PKGS="build-essential cmake pkg-config libopenblas-dev libnifti2-dev nifti-bin libpng-dev zlib1g-dev mricron-data gnuplot-nox libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libssl-dev openssl"
+PKGS="build-essential cmake pkg-config libopenblas-dev libnifti2-dev nifti-bin libpng-dev zlib1g-dev mricron-data gnuplot-nox libgrpc-dev protobuf-c-compiler libprotobuf-c-dev libssl-dev openssl libsodium-dev libisal-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
