@@ -23,7 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
+#include <isa-l/crc.h>
 
 const fs_rpc_method fs_federation_methods[FS_M_COUNT] = {
     [FS_M_JOIN] = {"/fedseg.v1.Federation/Join", FS_CALL_UNARY},
@@ -694,14 +694,9 @@ fs_status fs_wire_check_finite(const uint8_t *data, size_t len, size_t *bad_inde
 
 uint32_t fs_wire_crc32_bytes(uint32_t crc, const uint8_t *data, size_t len)
 {
-    uLong c = crc;
-    while (len) { /* crc32 takes a uInt length */
-        uInt step = len > (1u << 30) ? (1u << 30) : (uInt)len;
-        c = crc32(c, data, step);
-        data += step;
-        len -= step;
-    }
-    return (uint32_t)c;
+    /* ISA-L's carry-less-multiply CRC-32 (gzip polynomial, reflected): the same
+     * value as zlib's crc32(), chained the same way, several times faster. */
+    return crc32_gzip_refl(crc, data, (uint64_t)len);
 }
 
 static int host_is_le(void)
