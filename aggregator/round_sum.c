@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 
 /* Floats uploaded per fold on the GPU (256 KiB: one wire chunk). */
 #define STAGE_FLOATS ((size_t)65536)
@@ -148,8 +149,15 @@ fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, siz
     if (!s->sum || off > s->acc.n || len > s->acc.n - off || !(w > 0) || !isfinite(w) ||
         (len && !chunk))
         return FS_ERR_ARG;
-    for (size_t i = 0; i < len; i++)
-        if (!isfinite(chunk[i])) return FS_ERR_NUMERIC;
+    /* NaN/Inf = all exponent bits set; OR-ed without an early exit so that
+     * the compiler vectorises the scan (it was 7% of the ingest's CPU). */
+    uint32_t bad = 0;
+    for (size_t i = 0; i < len; i++) {
+        uint32_t b;
+        memcpy(&b, chunk + i, sizeof b);
+        bad |= (uint32_t)((b & 0x7f800000u) == 0x7f800000u);
+    }
+    if (bad) return FS_ERR_NUMERIC;
     const float wf = (float)w;
     dev_sum *d = find_dev(s);
     if (!d) return backend()->fold(NULL, len, s->sum + off, chunk, wf);
