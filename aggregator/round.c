@@ -72,6 +72,7 @@ struct fs_round_upload {
     uint64_t received;        /* parameters */
     uint64_t flushed;         /* spool bytes whose write-back was started */
     uint32_t crc;
+    double sumsq;             /* Σ x² in index order (differential privacy's bound) */
     double t_begin;
     char path[PATH_LEN];
 };
@@ -101,6 +102,8 @@ struct fs_round {
     fs_round_crash crash_point;
     unsigned crash_nth;
     int dead;
+    int dp;                   /* central differential privacy is on */
+    fs_dp_accountant dpa;     /* its ledger over the completed rounds */
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -335,6 +338,14 @@ static fs_status spool_path(const fs_round *a, char *dst, uint32_t round, const 
  * on arrival) a failure may leave a partial fold and *touched = 1 — the
  * caller then rebuilds the sum. Failures are logged.
  */
+/* A site's weight in the round's sum: its sample count (FedAvg), or 1 under
+ * differential privacy (sample counts are data-dependent and unbounded, so
+ * they would break the sensitivity bound; common/dp.h). */
+static double site_weight(const fs_round *a, const fs_site *s)
+{
+    return a->dp ? 1.0 : (double)s->n;
+}
+
 static fs_status fold_spool(fs_round *a, size_t si, int verify_first, int *touched)
 {
     const fs_site *s = &a->sites[si];
@@ -377,7 +388,7 @@ static fs_status fold_spool(fs_round *a, size_t si, int verify_first, int *touch
                 }
             } else {
                 fs_wire_copy_f32(a->fbuf, a->rbuf, n * 4);
-                st = fs_round_sum_fold(&a->sum, off, a->fbuf, n, (double)s->n);
+                st = fs_round_sum_fold(&a->sum, off, a->fbuf, n, site_weight(a, s));
                 if (st != FS_OK) {
                     fs_log_error("%s: cannot fold parameters %zu..%zu: %s", path, off, off + n,
                                  fs_status_str(st));
@@ -393,7 +404,7 @@ static fs_status fold_spool(fs_round *a, size_t si, int verify_first, int *touch
         }
     }
     close(fd);
-    if (st == FS_OK) st = fs_round_sum_add_weight(&a->sum, (double)s->n);
+    if (st == FS_OK) st = fs_round_sum_add_weight(&a->sum, site_weight(a, s));
     return st;
 }
 
@@ -638,7 +649,23 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
                   (unsigned long long)s->bytes_sent);
         first = 0;
     }
-    sb_printf(&b, "]}");
+    sb_printf(&b, "]");
+    if (a->dp) {
+        /* ε after this round, at the configured δ (the close is decided) */
+        fs_dp_accountant next = a->dpa;
+        double eps = fs_dp_accountant_add_round(&next, 0) == FS_OK ? fs_dp_accountant_epsilon(&next)
+                                                                    : NAN;
+        sb_printf(&b, ",\"dp\":{\"clip\":");
+        sb_num(&b, a->cfg.dp.clip);
+        sb_printf(&b, ",\"noise_multiplier\":");
+        sb_num(&b, a->cfg.dp.noise_multiplier);
+        sb_printf(&b, ",\"delta\":");
+        sb_num(&b, a->cfg.dp.delta);
+        sb_printf(&b, ",\"epsilon\":");
+        sb_num(&b, eps);
+        sb_printf(&b, "}");
+    }
+    sb_printf(&b, "}");
     if (b.err) {
         free(b.p);
         return NULL;
@@ -699,7 +726,22 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
     a->closing = 1;
     CRASH_POINT(a, FS_CRASH_AFTER_CLOSE_RECORD);
 
-    fs_status st = fs_round_sum_apply(&a->sum, a->model, a->sum.sum);
+    fs_status st = FS_OK;
+    if (a->dp && a->n_accepted) {
+        /* WARNING: the noise seed is fresh from the OS CSPRNG, used once and
+         * never stored: a restart before the checkpoint below draws another,
+         * and only one noised model is ever published for a round. */
+        uint64_t seed = fs_dp_fresh_seed();
+        st = fs_round_sum_privatise(&a->sum, a->cfg.dp.noise_multiplier * a->cfg.dp.clip, seed, r,
+                                    fs_dp_denominator(&a->cfg.dp));
+        seed = 0;
+        if (st != FS_OK) {
+            fs_log_error("round %u: cannot add the privacy noise: %s", r, fs_status_str(st));
+            rebuild_sum(a);
+            return st;
+        }
+    }
+    if (st == FS_OK) st = fs_round_sum_apply(&a->sum, a->model, a->sum.sum);
     if (st != FS_OK) {
         fs_log_error("round %u: no accepted update to average", r);
         rebuild_sum(a);
@@ -726,6 +768,8 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
 
     memcpy(a->model, a->sum.sum, a->P * sizeof *a->model);
     a->completed = r;
+    if (a->dp && fs_dp_accountant_add_round(&a->dpa, 0) != FS_OK)
+        fs_log_error("round %u: the privacy accountant refused the round", r);
     a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
     write_state(a); /* logged on failure; resume rewrites it from global.ckpt */
     CRASH_POINT(a, FS_CRASH_AFTER_STATE);
@@ -756,6 +800,15 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
 static fs_status try_open(fs_round *a, double now)
 {
     if (a->open || a->closing || a->completed >= a->cfg.rounds) return FS_OK;
+    if (a->dp && fs_dp_accountant_would_exceed(&a->dpa)) {
+        /* The budget is spent: this federation ends here, as if R were reached. */
+        fs_log_warn("privacy budget: epsilon = %.3f after %u round(s); one more round would exceed "
+                    "the budget of %.3f (delta = %g): the federation finishes now",
+                    fs_dp_accountant_epsilon(&a->dpa), a->completed, a->cfg.dp.epsilon_budget,
+                    a->cfg.dp.delta);
+        a->cfg.rounds = a->completed;
+        return FS_OK;
+    }
     size_t active = count_active(a, now);
     if (active < a->cfg.min_sites) {
         a->quorum_since = -1;
@@ -1097,6 +1150,38 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     }
     a->cfg.state_dir = a->state_dir;
     a->cfg.metrics_path = a->metrics_path;
+    if (cfg->dp.mode == FS_DP_DISTRIBUTED) {
+        fs_log_error("round: distributed (secure-aggregation) differential privacy is not "
+                     "available in this aggregator; use dp = central");
+        goto fail;
+    }
+    if (cfg->dp.mode == FS_DP_CENTRAL) {
+        /* Privacy amplification by sampling needs Poisson sampling kept
+         * secret from everyone; this aggregator draws a fixed-size, seeded
+         * selection, so DP runs with every site in every round (q = 1). */
+        if (a->cfg.fraction < 1.0) {
+            fs_log_error("round: differential privacy needs fraction = 1 (every site every round); "
+                         "got fraction = %g", a->cfg.fraction);
+            goto fail;
+        }
+        a->cfg.dp.sites = (int)a->n_sites;
+        a->cfg.dp.dim = P;
+        a->cfg.dp.sample_rate = 1.0;
+        /* Sites receive C as a float: use exactly that float here, rounded
+         * down, so that the noise is calibrated to the bound they apply. */
+        float fc = (float)a->cfg.dp.clip;
+        if ((double)fc > a->cfg.dp.clip) fc = nextafterf(fc, 0.0f);
+        a->cfg.dp.clip = fc;
+        if (a->cfg.dp.adaptive) {
+            fs_log_error("round: adaptive clipping is not available in this aggregator; "
+                         "set a fixed dp clip");
+            goto fail;
+        }
+        if (fs_dp_params_check(&a->cfg.dp) != FS_OK ||
+            fs_dp_accountant_init(&a->dpa, &a->cfg.dp) != FS_OK)
+            goto fail;
+        a->dp = 1;
+    }
     st = FS_ERR_NOMEM;
     a->sites = calloc(a->n_sites, sizeof *a->sites);
     a->order = calloc(a->n_sites, sizeof *a->order);
@@ -1147,6 +1232,15 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
                     a->n_sites, a->cfg.rounds, P);
     }
     if ((st = fs_journal_open(&a->journal, a->journal_path)) != FS_OK) goto fail;
+    if (a->dp) {
+        /* The ledger is a function of the completed rounds (σ, q and C are
+         * fixed for a federation): replay them. */
+        for (uint32_t k = 0; k < a->completed; k++)
+            if ((st = fs_dp_accountant_add_round(&a->dpa, 0)) != FS_OK) goto fail;
+        if (a->completed)
+            fs_log_info("privacy: epsilon = %.3f after %u round(s) (delta = %g)",
+                        fs_dp_accountant_epsilon(&a->dpa), a->completed, a->cfg.dp.delta);
+    }
     st = maybe_close(a, now);
     if (st == FS_OK) st = try_open(a, now);
     if (st != FS_OK)
@@ -1258,6 +1352,7 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
         task->steps_per_epoch = a->cfg.steps_per_epoch;
         task->lr = a->cfg.lr;
         task->prox_mu = a->cfg.prox_mu;
+        task->dp_clip = a->dp ? (float)a->cfg.dp.clip : 0.0f;
         double left = ceil(a->deadline - now);
         task->seconds_left = left <= 0 ? 0 : left > 4e9 ? 4000000000u : (uint32_t)left;
         task->retry_after_ms = 0;
@@ -1398,6 +1493,14 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
         return chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot store the update");
     }
     u->crc = fs_wire_crc32_bytes(u->crc, data, len);
+    if (a->dp) {
+        /* the same sum, in the same order, as the site's fs_dp_l2_norm */
+        for (size_t i = 0; i < len / 4; i++) {
+            float x;
+            memcpy(&x, data + 4 * i, 4);
+            u->sumsq += (double)x * (double)x;
+        }
+    }
     u->received += len / 4;
 #ifdef SYNC_FILE_RANGE_WRITE
     /* Start (not wait for) the write-back of what arrived so far; an error
@@ -1448,6 +1551,14 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
         st = chunk_refuse(a, u, FS_ERR_CHECKSUM, why, whylen,
                           "CRC-32 %08x of the received bytes differs from the header's %08x", u->crc,
                           u->hdr.crc32);
+        goto out;
+    }
+    if (a->dp && !(sqrt(u->sumsq) <= a->cfg.dp.clip)) {
+        /* WARNING: the noise is calibrated to this bound; an update above it
+         * would be less private than the accountant reports. */
+        st = chunk_refuse(a, u, FS_ERR_MISMATCH, why, whylen,
+                          "the update's L2 norm %.6g exceeds the privacy clip %.6g (clip it as the "
+                          "task says)", sqrt(u->sumsq), a->cfg.dp.clip);
         goto out;
     }
     int err = fsync(u->fd) != 0 ? errno : 0;

@@ -73,6 +73,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "common/ckpt.h"
+#include "common/dp.h"
 #include "common/wire.h"
 #include "kernels/status.h"
 
@@ -93,6 +94,16 @@ typedef struct {
     const char *metrics_path;   /* NULL → STATE_DIR/metrics.jsonl */
     uint64_t seed;              /* site sampling */
     fs_ckpt_meta model;         /* preset, base, depth, size for checkpoints (nparams, epoch ignored) */
+    /* Differential privacy (common/dp.h), mode FS_DP_OFF by default. With
+     * FS_DP_CENTRAL (client-level DP-FedAvg, McMahan et al. 2018) sites clip
+     * their update to dp.clip (Task.dp_clip), every reporting site weighs 1,
+     * the aggregator adds N(0, (σ·C)²) to every coordinate of the sum with a
+     * fresh secret seed per round and divides by the fixed denominator q·N
+     * (q = 1: DP needs fraction = 1, N = sites on the list); the RDP accountant's ε after
+     * each round goes into the metrics line, and a round that would take ε
+     * past dp.epsilon_budget is not started (the federation finishes).
+     * sites, sample_rate and dim are filled in by fs_round_open. */
+    fs_dp_params dp;
 } fs_round_config;
 
 typedef struct fs_round fs_round;

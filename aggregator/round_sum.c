@@ -13,6 +13,7 @@
  */
 #include "aggregator/round_sum.h"
 #include "aggregator/sum_device.h"
+#include "common/dp.h"
 #include "kernels/backend.h"
 
 #include <math.h>
@@ -170,6 +171,20 @@ fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, siz
 }
 
 fs_status fs_round_sum_add_weight(fs_round_sum *s, double w) { return fs_fedavg_add_weight(&s->acc, w); }
+
+fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, uint64_t stream,
+                                 double denominator)
+{
+    if (!s->sum || !(stddev >= 0) || !isfinite(stddev) || !(denominator > 0) || !isfinite(denominator))
+        return FS_ERR_ARG;
+    dev_sum *d = find_dev(s);
+    size_t bytes = s->acc.n * sizeof(float);
+    if (d) FS_TRY(g_be->download(g_ctx, s->sum, d->d_sum, bytes));
+    FS_TRY(fs_dp_add_gaussian(s->sum, s->acc.n, stddev, seed, stream, 0));
+    if (d) FS_TRY(g_be->upload(g_ctx, d->d_sum, s->sum, bytes));
+    s->acc.weight = denominator;
+    return FS_OK;
+}
 
 /* Same arithmetic as fs_fedavg_finish (multiply by the float reciprocal of
  * Σ w), then added to the model, without a second P-sized buffer. On the GPU

@@ -15,6 +15,7 @@
 #define FS_ROUND_SUM_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "aggregator/fedavg.h"
 #include "kernels/status.h"
 
@@ -33,6 +34,13 @@ void fs_round_sum_reset(fs_round_sum *s);
 fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, size_t len, double w);
 /* Adds one site's weight once its whole update has been folded. */
 fs_status fs_round_sum_add_weight(fs_round_sum *s, double w);
+/* Differential privacy (common/dp.h): sum[i] += stddev·N(0,1) drawn with
+ * fs_dp_add_gaussian(seed, stream), then Σ w := denominator (the fixed
+ * denominator q·N of DP-FedAvg), so that fs_round_sum_apply divides by it.
+ * On the GPU the sum is noised on the host and uploaded back. FS_ERR_ARG for
+ * a negative stddev or a denominator that is not > 0. */
+fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, uint64_t stream,
+                                 double denominator);
 /* out[i] = model[i] + sum[i] / Σ w, element by element, so out may alias
  * model or the sum itself (the sum is then consumed: reset it before folding
  * again). FS_ERR_ARG when no weight was added. */

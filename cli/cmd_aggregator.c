@@ -39,7 +39,8 @@ static void on_signal(int sig)
 static const char *const agg_keys[] = {
     "listen", "ca", "cert", "key", "sites", "rounds", "min_sites", "fraction", "round_deadline_s",
     "join_wait_s", "site_timeout_s", "local_epochs", "steps_per_epoch", "model", "lr", "prox_mu",
-    "state_dir", "metrics", "seed", "init", "device", "linger_s", "poll_ms", "port_file", NULL};
+    "state_dir", "metrics", "seed", "init", "device", "linger_s", "poll_ms", "port_file",
+    "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", NULL};
 
 static void agg_help(FILE *f)
 {
@@ -86,7 +87,15 @@ static void agg_help(FILE *f)
         "  device = auto|cpu|cuda     where updates are summed (default auto: the GPU if present)\n"
         "  linger_s = S               after the last round, keep serving the final model (default 30)\n"
         "  poll_ms = MS               how often waiting sites ask again (default 1000)\n"
-        "  port_file = FILE           write the bound port here once listening (useful with port 0)\n\n"
+        "  port_file = FILE           write the bound port here once listening (useful with port 0)\n"
+        "  dp = off|central           client-level differential privacy (DP-FedAvg; docs/security.md):\n"
+        "                             sites clip their update to dp_clip, each counts once, the\n"
+        "                             aggregator adds Gaussian noise to the sum (default off)\n"
+        "  dp_clip = C                L2 bound of one site's update (default 1)\n"
+        "  dp_noise_multiplier = Z    noise standard deviation on the sum = Z*C (default 1)\n"
+        "  dp_delta = D               the delta of the reported (epsilon, delta) (default 1e-5)\n"
+        "  dp_epsilon = E             privacy budget: a round that would take epsilon past E is not\n"
+        "                             run, the federation finishes (default 0 = report only)\n\n"
         "Options:\n"
         "  --config FILE              the config file\n"
         "  -v, --verbose              more log lines (repeat for debug)\n"
@@ -281,6 +290,9 @@ int fs_cmd_aggregator(int argc, char **argv)
     const char *listen, *ca, *cert, *key, *model, *state_dir, *metrics, *init, *device, *port_file;
     long long rounds, min_sites, local_epochs, steps, seed, poll_ms;
     double fraction, deadline, join_wait, site_timeout, lr, mu, linger;
+    const char *dp_mode;
+    fs_dp_params dp;
+    fs_dp_params_default(&dp);
     if (fs_config_get_list(l.cfg, "sites", NULL, &sites, &nsites) != FS_OK) goto done;
     if (fs_config_get_str(l.cfg, "listen", "0.0.0.0:50051", &listen) != FS_OK ||
         get_path(&l, "ca", NULL, &ca) != FS_OK || get_path(&l, "cert", NULL, &cert) != FS_OK ||
@@ -304,8 +316,23 @@ int fs_cmd_aggregator(int argc, char **argv)
         fs_config_get_str(l.cfg, "device", "auto", &device) != FS_OK ||
         fs_config_get_float(l.cfg, "linger_s", 30, 0, 1e9, &linger) != FS_OK ||
         fs_config_get_int(l.cfg, "poll_ms", 1000, 1, 86400000, &poll_ms) != FS_OK ||
-        get_path(&l, "port_file", NULL, &port_file) != FS_OK)
+        get_path(&l, "port_file", NULL, &port_file) != FS_OK ||
+        fs_config_get_str(l.cfg, "dp", "off", &dp_mode) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_clip", dp.clip, 1e-12, 1e12, &dp.clip) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_noise_multiplier", dp.noise_multiplier, 0, 1e6,
+                            &dp.noise_multiplier) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_delta", dp.delta, 1e-300, 0.999999, &dp.delta) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_epsilon", 0, 0, 1e6, &dp.epsilon_budget) != FS_OK)
         goto done_sites;
+    if (!strcmp(dp_mode, "central")) {
+        dp.mode = FS_DP_CENTRAL;
+    } else if (strcmp(dp_mode, "off") != 0) {
+        fs_log_error("dp = %s: expected off or central", dp_mode);
+        goto done_sites;
+    } else if (fs_config_has(l.cfg, "dp_clip") || fs_config_has(l.cfg, "dp_noise_multiplier") ||
+               fs_config_has(l.cfg, "dp_epsilon")) {
+        fs_log_warn("dp_* keys are set but dp = off: no differential privacy");
+    }
     /* A state dir given as a flag takes its metrics along, unless --metrics
      * is given too (the file's metrics path belongs to the file's state). */
     if (metrics && from_cli(&l, "state_dir") && !from_cli(&l, "metrics")) {
@@ -343,7 +370,7 @@ int fs_cmd_aggregator(int argc, char **argv)
         .join_wait_s = join_wait, .site_timeout_s = site_timeout,
         .local_epochs = (uint32_t)local_epochs, .steps_per_epoch = (uint32_t)steps,
         .lr = (float)lr, .prox_mu = (float)mu, .poll_ms = (uint32_t)poll_ms,
-        .state_dir = state_dir, .metrics_path = metrics, .seed = (uint64_t)seed};
+        .state_dir = state_dir, .metrics_path = metrics, .seed = (uint64_t)seed, .dp = dp};
     snprintf(sc.round.model.preset, sizeof sc.round.model.preset, "%s", pre->name);
     sc.round.model.base = (uint32_t)pre->base;
     sc.round.model.depth = (uint32_t)pre->depth;

@@ -37,6 +37,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/sim.h"
+#include "common/dp.h"
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/pki.h"
@@ -72,6 +73,8 @@ static void on_signal(int sig)
 typedef struct {
     int nsites, rounds, local_epochs, steps, min_sites, threads, batch, sites_given;
     double deadline, lr, voxel_scale;
+    double dp_clip, dp_noise, dp_epsilon, dp_delta; /* dp_clip > 0: DP on */
+    int dp_noise_given;
     long long seed;
     const char *model, *data, *out, *device, *cases;
 } sim_opts;
@@ -118,6 +121,12 @@ static void sim_help(FILE *f)
         "  --cases-per-site L   synthesized cases per site, comma-separated (default 24,16,10,\n"
         "                       repeating for more sites)\n"
         "  --voxel-scale F      coarser synthesized voxels, in [0.5, 4] (default 1; 2 = quick tests)\n"
+        "  --dp-clip C          client-level differential privacy (docs/security.md): each site's\n"
+        "                       update clipped to L2 norm C, Gaussian noise on the sum (default off)\n"
+        "  --dp-noise Z         noise multiplier: standard deviation Z*C on the sum\n"
+        "  --dp-epsilon E       privacy budget at --dp-delta; without --dp-noise the smallest Z\n"
+        "                       that keeps all R rounds within E is computed\n"
+        "  --dp-delta D         delta of the reported (epsilon, delta) (default 1e-5)\n"
         "  -h, --help           this help\n\n"
         "example: fedseg sim --sites 3 --rounds 15 --local-epochs 2 --out run/sim\n",
         GRACE_S);
@@ -148,6 +157,8 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"device", required_argument, 0, 'v'}, {"threads", required_argument, 0, 't'},
         {"batch", required_argument, 0, 'b'}, {"lr", required_argument, 0, 'l'},
         {"cases-per-site", required_argument, 0, 'c'}, {"voxel-scale", required_argument, 0, 'x'},
+        {"dp-clip", required_argument, 0, 'C'}, {"dp-noise", required_argument, 0, 'Z'},
+        {"dp-epsilon", required_argument, 0, 'E'}, {"dp-delta", required_argument, 0, 'Q'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->nsites = 3;
@@ -156,6 +167,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     o->deadline = 600;
     o->lr = 1e-3;
     o->voxel_scale = 1;
+    o->dp_delta = 1e-5;
     o->seed = 1;
     o->model = "tiny";
     o->device = "auto";
@@ -176,6 +188,13 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         case 'D': ok = fs_arg_double(optarg, 1e-3, 1e9, &o->deadline); break;
         case 'l': ok = fs_arg_double(optarg, 1e-12, 1e3, &o->lr); break;
         case 'x': ok = fs_arg_double(optarg, 0.5, 4, &o->voxel_scale); break;
+        case 'C': ok = fs_arg_double(optarg, 1e-12, 1e12, &o->dp_clip); break;
+        case 'Z':
+            ok = fs_arg_double(optarg, 0, 1e6, &o->dp_noise);
+            o->dp_noise_given = 1;
+            break;
+        case 'E': ok = fs_arg_double(optarg, 1e-6, 1e6, &o->dp_epsilon); break;
+        case 'Q': ok = fs_arg_double(optarg, 1e-300, 0.999999, &o->dp_delta); break;
         case 'm': o->model = optarg; ok = fs_preset_find(optarg) != NULL; break;
         case 'd': o->data = optarg; break;
         case 'o': o->out = optarg; break;
@@ -200,6 +219,22 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     if (o->data && (o->cases || o->voxel_scale != 1)) {
         fprintf(stderr, "fedseg sim: --cases-per-site and --voxel-scale shape synthesized data; not with --data\n");
         return 2;
+    }
+    if (!o->dp_clip && (o->dp_noise_given || o->dp_epsilon)) {
+        fprintf(stderr, "fedseg sim: --dp-noise and --dp-epsilon need --dp-clip C (the bound on each update)\n");
+        return 2;
+    }
+    if (o->dp_clip && !o->dp_noise_given && !o->dp_epsilon) {
+        fprintf(stderr, "fedseg sim: --dp-clip needs --dp-noise Z or --dp-epsilon E\n");
+        return 2;
+    }
+    if (o->dp_clip && !o->dp_noise_given) {
+        /* every site takes part in every round of a simulation: q = 1 */
+        if (fs_dp_calibrate_sigma(o->dp_epsilon, o->dp_delta, o->rounds, 1.0, &o->dp_noise) != FS_OK) {
+            fprintf(stderr, "fedseg sim: no noise multiplier keeps %d rounds within epsilon %g at delta %g\n",
+                    o->rounds, o->dp_epsilon, o->dp_delta);
+            return 2;
+        }
     }
     return 0;
 }
@@ -352,6 +387,15 @@ static fs_status write_agg_config(sim *s)
         "poll_ms = 250\n",
         sites, o->rounds, o->min_sites ? o->min_sites : (s->n < 2 ? s->n : 2), o->deadline, o->local_epochs,
         o->steps, o->model, o->lr, o->seed, o->device);
+    if (len > 0 && len < (int)sizeof text && o->dp_clip > 0)
+        len += snprintf(text + len, sizeof text - (size_t)len,
+                        "# client-level differential privacy (--dp-*)\n"
+                        "dp = central\n"
+                        "dp_clip = %.9g\n"
+                        "dp_noise_multiplier = %.9g\n"
+                        "dp_delta = %.9g\n"
+                        "dp_epsilon = %.9g\n",
+                        o->dp_clip, o->dp_noise, o->dp_delta, o->dp_epsilon);
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
     snprintf(path, sizeof path, "%s/config/aggregator.conf", s->run);
     return write_file(path, text);
@@ -776,6 +820,13 @@ int fs_cmd_sim(int argc, char **argv)
         goto out;
     }
     printf("the aggregator listens on 127.0.0.1:%d (mutual TLS)\n", port);
+    if (o.dp_clip > 0) {
+        char budget[64] = "";
+        if (o.dp_epsilon > 0) snprintf(budget, sizeof budget, ", budget epsilon %g", o.dp_epsilon);
+        printf("differential privacy: updates clipped to L2 norm %g, noise multiplier %.4g%s, "
+               "delta %g (epsilon per round in metrics.jsonl)\n",
+               o.dp_clip, o.dp_noise, budget, o.dp_delta);
+    }
     for (int i = 0; i < s.n; i++) {
         fs_sim_child *c = &s.ch[i + 1];
         char conf[PATHLEN + 128];

@@ -34,7 +34,7 @@ const fs_rpc_method fs_federation_methods[FS_M_COUNT] = {
 
 /* ---- the strict reader ------------------------------------------------- */
 
-#define MAX_FIELD 16 /* highest field number used by any message in the .proto */
+#define MAX_FIELD 32 /* highest field number any message in the .proto may use */
 
 typedef struct {
     int seen;
@@ -468,6 +468,7 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     pm.seconds_left = m->seconds_left;
     pm.retry_after_ms = m->retry_after_ms;
     pm.model_crc32 = m->model_crc32;
+    pm.dp_clip = m->dp_clip;
     return pack(&pm.base, out, len);
 }
 
@@ -488,6 +489,7 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     out->seconds_left = get_u32(&r, "seconds_left");
     out->retry_after_ms = get_u32(&r, "retry_after_ms");
     out->model_crc32 = get_u32(&r, "model_crc32");
+    out->dp_clip = get_f32(&r, "dp_clip");
     if (action > FS_TASK_FINISHED) {
         say(why, whylen, "%s: unknown action %u", msg, action);
         DEC_TRY(FS_ERR_FORMAT);
@@ -498,6 +500,7 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
         DEC_TRY(FS_ERR_FORMAT);
     }
     DEC_TRY(check_range_u64(msg, "retry_after_ms", out->retry_after_ms, 0, 86400000u, why, whylen));
+    DEC_TRY(check_finite_min(msg, "dp_clip", out->dp_clip, 0.0, 0, why, whylen));
     if (out->action == FS_TASK_TRAIN) {
         DEC_TRY(check_range_u64(msg, "round", out->round, 1, UINT32_MAX, why, whylen));
         DEC_TRY(check_range_u64(msg, "local_epochs", out->local_epochs, 1, 10000, why, whylen));

@@ -39,7 +39,7 @@
  *                  in the message)
  *   Task           action known; TRAIN: round ≥ 1, local_epochs 1..10000,
  *                  lr finite and > 0, prox_mu finite and ≥ 0; lr and prox_mu
- *                  finite always; retry_after_ms ≤ 24 h
+ *                  finite always; retry_after_ms ≤ 24 h; dp_clip finite, ≥ 0
  *   UpdateHeader   round ≥ 1, train_loss and train_seconds finite and ≥ 0,
  *                  each Dice in [0,1] or NaN ("not evaluated")
  *
@@ -118,6 +118,7 @@ typedef struct {
     uint32_t seconds_left;
     uint32_t retry_after_ms;
     uint32_t model_crc32;              /* CRC-32 of the global model's bytes */
+    float dp_clip;                     /* > 0: clip the update to this L2 norm (DP); 0 = off */
 } fs_wire_task;
 
 /* DownloadModel (server stream): one request, then ModelChunks in order. */

@@ -16,6 +16,7 @@
 #include "node/unet.h"
 #include "common/ckpt.h"
 #include "common/fsutil.h"
+#include "common/dp.h"
 #include "common/log.h"
 #include "common/rng.h"
 #include "common/transport.h"
@@ -432,6 +433,19 @@ static fs_status train_round(node *n, const fs_wire_task *t)
         if (*n->stop) return FS_OK;
         FS_TRY(fs_session_get_params(n->ses, n->delta));
         for (size_t i = 0; i < n->P; i++) n->delta[i] -= n->wg[i];
+        if (t->dp_clip > 0) {
+            /* WARNING: differential privacy rests on this bound: no site's
+             * update may weigh more than dp_clip in the aggregator's sum. */
+            double norm = 0;
+            fs_status cs = fs_dp_clip_l2(n->delta, n->P, (double)t->dp_clip, &norm);
+            if (cs != FS_OK) {
+                snprintf(n->why, sizeof n->why, "cannot clip the update of round %u: %s", r,
+                         fs_status_str(cs));
+                return cs;
+            }
+            fs_log_info("round %u: update L2 norm %.4g%s %.4g (differential privacy)", r, norm,
+                        norm > t->dp_clip ? ", clipped to" : " <= clip", (double)t->dp_clip);
+        }
         n->rep.rounds_trained++;
         fs_wire_update_header *h = &n->pend_hdr;
         memset(h, 0, sizeof *h);

@@ -225,6 +225,7 @@ static any_msg valid(msg_kind k, int variant)
             m.t.seconds_left = 600;
             m.t.retry_after_ms = 86400000u;
             m.t.model_crc32 = 0xffffffffu;
+            m.t.dp_clip = 0.75f;
         } else {
             m.t.action = variant == 1 ? FS_TASK_WAIT : FS_TASK_FINISHED;
             m.t.retry_after_ms = 250;
@@ -370,6 +371,9 @@ static void test_refusals(void)
     REFUSE(M_TASK, 0, m.t.lr = INFINITY, "lr");
     REFUSE(M_TASK, 0, m.t.prox_mu = -0.5f, "prox_mu");
     REFUSE(M_TASK, 0, m.t.prox_mu = INFINITY, "prox_mu");
+    REFUSE(M_TASK, 0, m.t.dp_clip = -1.0f, "dp_clip");
+    REFUSE(M_TASK, 0, m.t.dp_clip = NAN, "dp_clip");
+    REFUSE(M_TASK, 1, m.t.dp_clip = INFINITY, "dp_clip");
     REFUSE(M_TASK, 0, m.t.local_epochs = 0, "local_epochs");
     REFUSE(M_TASK, 0, m.t.local_epochs = 10001, "local_epochs");
     REFUSE(M_TASK, 0, m.t.round = 0, "round");
