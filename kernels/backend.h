@@ -56,6 +56,15 @@ typedef struct {
     float lr, beta1, beta2, eps, mu;
 } fs_adam_hp;
 
+/* One ChaCha20 mask for chacha_mask: a 32-byte key, a 12-byte nonce and
+ * whether the mask is added (+1) or subtracted (−1). Any other sign is
+ * FS_ERR_ARG. */
+typedef struct fs_mask_key {
+    uint8_t key[32];
+    uint8_t nonce[12];
+    int32_t sign;
+} fs_mask_key;
+
 typedef struct fs_backend {
     const char *name; /* "cpu" or "cuda" */
 
@@ -171,6 +180,57 @@ typedef struct fs_backend {
      * not overlap. Values are not screened: rejecting NaN / Inf is the
      * caller's job (aggregator/round_sum.c does it before uploading). */
     fs_status (*fold)(void *ctx, size_t count, float *sum, const float *chunk, float w);
+
+    /* --- aggregator arithmetic (kernels/cpu/cpu_aggops.c, cuda_aggops.cu) --
+     * Flat vectors of `count` elements. "xs" arguments are HOST arrays of k
+     * backend pointers (k ≥ 0; any k, split into launches internally), so k
+     * updates are streamed in one pass and the accumulator is read and
+     * written once per pass instead of once per update. An accumulator must
+     * not overlap its inputs. Ops whose result depends on the position take
+     * the element offset of the chunk within the whole vector, so a vector
+     * processed in chunks gives the same result as in one call. Exactness:
+     * the integer ops, fold_many, dequant, scale and l2_norm_sq give the same
+     * bits on every backend; gauss_add agrees within FS_TOL_GAUSS_ADD
+     * (kernels/tolerances.h). docs/kernels.md has the details. */
+
+    /* fold of k chunks in one pass: for j = 0..k−1 in order,
+     * sum[i] = sum[i] + w[j]·chunks[j][i], each product and sum rounded to
+     * fp32 (no FMA) — bit for bit k successive fold calls. w: host, k floats. */
+    fs_status (*fold_many)(void *ctx, size_t count, float *sum, const float *const *chunks,
+                           const float *w, int k);
+    /* Masked-update sum: acc[i] = acc[i] + Σ_j xs[j][i] mod 2^32 (ACCUMULATES). */
+    fs_status (*u32_sum)(void *ctx, size_t count, uint32_t *acc, const uint32_t *const *xs,
+                         int k);
+    /* Mask expansion: for each of the k keys (host array),
+     * acc[i] = acc[i] ± M[offset + i] mod 2^32 (sign from the key), where M is
+     * the ChaCha20-IETF (RFC 8439) keystream of (key, nonce) from block
+     * counter 0 read as little-endian uint32 words (libsodium's
+     * crypto_stream_chacha20_ietf). offset + count ≤ 2^36 (32-bit block
+     * counter), else FS_ERR_ARG. WARNING: the keys are secrets; the op keeps
+     * no copy on the host (its decoded copies are wiped), but on CUDA they
+     * travel as kernel parameters, which the driver does not wipe. */
+    fs_status (*chacha_mask)(void *ctx, size_t count, uint32_t *acc, uint64_t offset,
+                             const fs_mask_key *keys, int k);
+    /* Dequantisation: out[i] = ((float)(int32_t)sum[i] · scale) · inv_w, the
+     * int → float conversion rounding to nearest and each product rounded to
+     * fp32 (scale = 2^-f, inv_w = 1/Σw, or 1). out is overwritten. */
+    fs_status (*dequant)(void *ctx, size_t count, float *out, const uint32_t *sum, float scale,
+                         float inv_w);
+    /* Scratch bytes l2_norm_sq needs for k vectors of count elements. */
+    size_t (*l2_ws_bytes)(void *ctx, size_t count, int k);
+    /* out[j] = Σ_i xs[j][i]² in double over the fixed reduction tree of
+     * docs/kernels.md (out: backend memory, k doubles, overwritten). Every
+     * backend follows the same tree, so the result is the same bits on every
+     * run and every backend. */
+    fs_status (*l2_norm_sq)(void *ctx, size_t count, const float *const *xs, int k, double *out,
+                            void *ws);
+    /* L2 clipping: xs[j][i] = xs[j][i] · s[j] (s: host, k floats). */
+    fs_status (*scale)(void *ctx, size_t count, float *const *xs, const float *s, int k);
+    /* Gaussian noise: acc[i] = acc[i] + (float)(stddev · g(offset + i)),
+     * g(n) = fs_philox_gauss(seed, stream, n) (kernels/philox.h); the product
+     * in double, rounded to fp32, then an fp32 sum (ACCUMULATES). */
+    fs_status (*gauss_add)(void *ctx, size_t count, float *acc, uint64_t offset, double stddev,
+                           uint64_t seed, uint64_t stream);
 } fs_backend;
 
 /* The CPU backend (always present). */

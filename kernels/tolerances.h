@@ -31,4 +31,20 @@ typedef struct { float atol, rtol; } fs_tol;
 #define FS_TOL_LOSS      ((fs_tol){1e-5f, 1e-4f})
 #define FS_TOL_ADAM      ((fs_tol){1e-6f, 1e-5f})
 
+/* Aggregator ops (kernels/backend.h, kernels/cuda/cuda_aggops.cu).
+ * fold_many, u32_sum, chacha_mask, dequant and scale: exact — integer
+ * arithmetic, or fp32 with every rounding spelled out on both sides.
+ * l2_norm_sq: exact as well — squares of floats are exact in double, and
+ * every backend adds them over the same fixed tree (kernels/aggops.h) in
+ * double, so CPU and GPU give the same bits (tests/test_aggops_cuda.c
+ * compares bits, not within a bound). */
+#define FS_TOL_AGG_EXACT ((fs_tol){0.0f, 0.0f})
+#define FS_TOL_L2_NORM   ((fs_tol){0.0f, 0.0f})
+/* gauss_add: the Philox integers are identical, but the double normal may
+ * differ by FS_TOL_PHILOX_GAUSS (relative; glibc vs libdevice log / sin /
+ * cos), which can move the fp32 rounding of stddev·g by one ulp, and the
+ * sum's rounding then by about one ulp of the result; 2 leaves headroom at
+ * binade edges: |gpu − cpu| ≤ FS_TOL_GAUSS_ADD_ULPS · FLT_EPSILON · (|out| + |stddev·g|). */
+#define FS_TOL_GAUSS_ADD_ULPS 2.0
+
 #endif

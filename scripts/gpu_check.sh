@@ -2,8 +2,9 @@
 # scripts/gpu_check.sh — every GPU check in one run, for a machine with an
 # NVIDIA GPU (H100/H200, CUDA 13): builds with the CUDA backend, runs the GPU
 # tests (every CUDA op against the CPU reference, the whole U-Net on CUDA vs
-# CPU with the CUDA-graph step, the aggregator's GPU fold) and then the
-# training-step benchmark side by side with PyTorch (bench/run_gpu.sh).
+# CPU with the CUDA-graph step, the aggregator's GPU fold and arithmetic ops)
+# and then the training-step benchmark side by side with PyTorch
+# (bench/run_gpu.sh) and the aggregator-ops benchmark (bench/run_aggops.sh).
 # Results and logs go to ${OUT:-gpu-results}/.
 #
 # Where the machine lacks Debian's -dev packages, carry them as described in
@@ -18,9 +19,11 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1
 grep "fedseg backends" "$OUT/configure.log" | tee "$OUT/backends.txt"
 cmake --build "$BUILD" -j"$(nproc)" > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 rc=0
-(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_unet$|test_kernels_fd") \
+(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_aggops|test_unet$|test_kernels_fd") \
   > "$OUT/gpu_tests.log" 2>&1 || rc=1
 tail -15 "$OUT/gpu_tests.log"
 BUILD="$BUILD" OUT="$OUT" bash bench/run_gpu.sh > "$OUT/bench_gpu.log" 2>&1 || rc=1
 tail -25 "$OUT/bench_gpu.log"
+BUILD="$BUILD" OUT="$OUT/aggops" DEVICE=cuda bash bench/run_aggops.sh > "$OUT/bench_aggops.log" 2>&1 || rc=1
+tail -20 "$OUT/bench_aggops.log"
 exit $rc

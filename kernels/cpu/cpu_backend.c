@@ -119,6 +119,14 @@ static const fs_backend fs_cpu_table = {
     .graph_capture_end = cpu_graph_unsupported,
     .graph_replay = cpu_graph_unsupported,
     .fold = fs_cpu_fold,
+    .fold_many = fs_cpu_fold_many,
+    .u32_sum = fs_cpu_u32_sum,
+    .chacha_mask = fs_cpu_chacha_mask,
+    .dequant = fs_cpu_dequant,
+    .l2_ws_bytes = fs_cpu_l2_ws_bytes,
+    .l2_norm_sq = fs_cpu_l2_norm_sq,
+    .scale = fs_cpu_scale,
+    .gauss_add = fs_cpu_gauss_add,
 };
 
 const fs_backend *fs_backend_cpu(void) { return &fs_cpu_table; }

@@ -76,5 +76,19 @@ fs_status fs_cpu_adam_step(void *ctx, size_t count, float *w, const float *g, fl
                            float *v, const float *w_ref, fs_adam_hp hp, float *state);
 /* cpu_fold.c: the FedAvg fold sum += w·chunk (kernels/backend.h). */
 fs_status fs_cpu_fold(void *ctx, size_t count, float *sum, const float *chunk, float w);
+/* cpu_aggops.c: the aggregator arithmetic (kernels/backend.h). */
+fs_status fs_cpu_fold_many(void *ctx, size_t count, float *sum, const float *const *chunks,
+                           const float *w, int k);
+fs_status fs_cpu_u32_sum(void *ctx, size_t count, uint32_t *acc, const uint32_t *const *xs, int k);
+fs_status fs_cpu_chacha_mask(void *ctx, size_t count, uint32_t *acc, uint64_t offset,
+                             const fs_mask_key *keys, int k);
+fs_status fs_cpu_dequant(void *ctx, size_t count, float *out, const uint32_t *sum, float scale,
+                         float inv_w);
+size_t fs_cpu_l2_ws_bytes(void *ctx, size_t count, int k);
+fs_status fs_cpu_l2_norm_sq(void *ctx, size_t count, const float *const *xs, int k, double *out,
+                            void *ws);
+fs_status fs_cpu_scale(void *ctx, size_t count, float *const *xs, const float *s, int k);
+fs_status fs_cpu_gauss_add(void *ctx, size_t count, float *acc, uint64_t offset, double stddev,
+                           uint64_t seed, uint64_t stream);
 
 #endif

@@ -405,6 +405,14 @@ static fs_backend make_table(void)
     t.graph_capture_end = cuda_graph_capture_end;
     t.graph_replay = cuda_graph_replay;
     t.fold = fs_cuda_fold;
+    t.fold_many = fs_cuda_fold_many;
+    t.u32_sum = fs_cuda_u32_sum;
+    t.chacha_mask = fs_cuda_chacha_mask;
+    t.dequant = fs_cuda_dequant;
+    t.l2_ws_bytes = fs_cuda_l2_ws_bytes;
+    t.l2_norm_sq = fs_cuda_l2_norm_sq;
+    t.scale = fs_cuda_scale;
+    t.gauss_add = fs_cuda_gauss_add;
     return t;
 }
 
