@@ -178,10 +178,8 @@ fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, 
     if (!s->sum || !(stddev >= 0) || !isfinite(stddev) || !(denominator > 0) || !isfinite(denominator))
         return FS_ERR_ARG;
     dev_sum *d = find_dev(s);
-    size_t bytes = s->acc.n * sizeof(float);
-    if (d) FS_TRY(g_be->download(g_ctx, s->sum, d->d_sum, bytes));
-    FS_TRY(fs_dp_add_gaussian(s->sum, s->acc.n, stddev, seed, stream, 0));
-    if (d) FS_TRY(g_be->upload(g_ctx, d->d_sum, s->sum, bytes));
+    if (d) FS_TRY(g_be->gauss_add(g_ctx, s->acc.n, d->d_sum, 0, stddev, seed, stream));
+    else FS_TRY(fs_dp_add_gaussian(s->sum, s->acc.n, stddev, seed, stream, 0));
     s->acc.weight = denominator;
     return FS_OK;
 }

@@ -37,7 +37,7 @@ fs_status fs_round_sum_add_weight(fs_round_sum *s, double w);
 /* Differential privacy (common/dp.h): sum[i] += stddev·N(0,1) drawn with
  * fs_dp_add_gaussian(seed, stream), then Σ w := denominator (the fixed
  * denominator q·N of DP-FedAvg), so that fs_round_sum_apply divides by it.
- * On the GPU the sum is noised on the host and uploaded back. FS_ERR_ARG for
+ * On the GPU the backend's gauss_add op noises the device sum in place. FS_ERR_ARG for
  * a negative stddev or a denominator that is not > 0. */
 fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, uint64_t stream,
                                  double denominator);

@@ -8,6 +8,7 @@
  * adaptive clipping convergence, parameter messages).
  */
 #include "common/dp.h"
+#include "kernels/backend.h"
 
 #include <float.h>
 #include <math.h>
@@ -155,9 +156,10 @@ fs_status fs_dp_add_gaussian(float *sum, size_t n, double stddev, uint64_t seed,
         fs_log_error("dp: noise stddev must be >= 0 and finite, got %g", stddev);
         return FS_ERR_ARG;
     }
-    for (size_t i = 0; i < n; i++)
-        sum[i] = (float)((double)sum[i] + stddev * fs_philox_gauss(seed, stream, offset + i));
-    return FS_OK;
+    /* one definition of the noise: the CPU backend's gauss_add op, which the
+     * CUDA op reproduces (kernels/aggops.h) */
+    const fs_backend *cpu = fs_backend_cpu();
+    return cpu->gauss_add(NULL, n, sum, offset, stddev, seed, stream);
 }
 
 uint64_t fs_dp_fresh_seed(void)
