@@ -20,7 +20,8 @@ typedef enum {
     FS_ERR_UNSUPPORTED,  /* this backend or build lacks the operation         */
     FS_ERR_DEVICE,       /* a CUDA / cuBLAS call failed                       */
     FS_ERR_NOT_FOUND,    /* a named file, case or modality does not exist     */
-    FS_ERR_NUMERIC       /* NaN or Inf where finite values are required       */
+    FS_ERR_NUMERIC,      /* NaN or Inf where finite values are required       */
+    FS_ERR_ABANDONED     /* too few parties remain: the round is abandoned    */
 } fs_status;
 
 /* A short English description of a status code; never NULL. */
@@ -38,6 +39,7 @@ static inline const char *fs_status_str(fs_status s)
     case FS_ERR_DEVICE: return "device error";
     case FS_ERR_NOT_FOUND: return "not found";
     case FS_ERR_NUMERIC: return "non-finite value";
+    case FS_ERR_ABANDONED: return "round abandoned";
     }
     return "unknown status";
 }
