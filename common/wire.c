@@ -30,6 +30,7 @@ const fs_rpc_method fs_federation_methods[FS_M_COUNT] = {
     [FS_M_GET_TASK] = {"/fedseg.v1.Federation/GetTask", FS_CALL_UNARY},
     [FS_M_DOWNLOAD_MODEL] = {"/fedseg.v1.Federation/DownloadModel", FS_CALL_DOWNLOAD},
     [FS_M_PUSH_UPDATE] = {"/fedseg.v1.Federation/PushUpdate", FS_CALL_UPLOAD},
+    [FS_M_SECAGG] = {"/fedseg.v1.Federation/SecAgg", FS_CALL_UNARY},
 };
 
 /* ---- the strict reader ------------------------------------------------- */
@@ -469,6 +470,18 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     pm.retry_after_ms = m->retry_after_ms;
     pm.model_crc32 = m->model_crc32;
     pm.dp_clip = m->dp_clip;
+    pm.secure_agg = m->secure_agg ? 1 : 0;
+    pm.secagg_attempt = m->secagg_attempt;
+    pm.secagg_index = m->secagg_index;
+    pm.secagg_sites = m->secagg_sites;
+    pm.secagg_threshold = m->secagg_threshold;
+    pm.secagg_neighbours = m->secagg_neighbours;
+    if (m->secure_agg) {
+        pm.secagg_round_seed.data = (uint8_t *)m->secagg_round_seed;
+        pm.secagg_round_seed.len = sizeof m->secagg_round_seed;
+    }
+    pm.secagg_clip = m->secagg_clip;
+    pm.secagg_weight_cap = m->secagg_weight_cap;
     return pack(&pm.base, out, len);
 }
 
@@ -490,6 +503,15 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     out->retry_after_ms = get_u32(&r, "retry_after_ms");
     out->model_crc32 = get_u32(&r, "model_crc32");
     out->dp_clip = get_f32(&r, "dp_clip");
+    out->secure_agg = get_u64(&r, "secure_agg") != 0;
+    out->secagg_attempt = get_u32(&r, "secagg_attempt");
+    out->secagg_index = get_u32(&r, "secagg_index");
+    out->secagg_sites = get_u32(&r, "secagg_sites");
+    out->secagg_threshold = get_u32(&r, "secagg_threshold");
+    out->secagg_neighbours = get_u32(&r, "secagg_neighbours");
+    const field_val *seed = fld(&r, "secagg_round_seed");
+    out->secagg_clip = get_f64(&r, "secagg_clip");
+    out->secagg_weight_cap = get_u64(&r, "secagg_weight_cap");
     if (action > FS_TASK_FINISHED) {
         say(why, whylen, "%s: unknown action %u", msg, action);
         DEC_TRY(FS_ERR_FORMAT);
@@ -501,6 +523,28 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     }
     DEC_TRY(check_range_u64(msg, "retry_after_ms", out->retry_after_ms, 0, 86400000u, why, whylen));
     DEC_TRY(check_finite_min(msg, "dp_clip", out->dp_clip, 0.0, 0, why, whylen));
+    if (out->secure_agg) {
+        DEC_TRY(check_range_u64(msg, "secagg_sites", out->secagg_sites, 3, 255, why, whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_index", out->secagg_index, 0, out->secagg_sites - 1, why,
+                                whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_neighbours", out->secagg_neighbours, 2,
+                                out->secagg_sites - 1, why, whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_threshold", out->secagg_threshold, 2,
+                                out->secagg_neighbours, why, whylen));
+        if (seed->len != sizeof out->secagg_round_seed) {
+            say(why, whylen, "%s: secagg_round_seed has %zu bytes, expected 32", msg, seed->len);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+        memcpy(out->secagg_round_seed, seed->p, sizeof out->secagg_round_seed);
+        DEC_TRY(check_finite_min(msg, "secagg_clip", out->secagg_clip, 0.0, 1, why, whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_weight_cap", out->secagg_weight_cap, 1,
+                                FS_WIRE_MAX_SAMPLES, why, whylen));
+    } else if (out->secagg_sites || out->secagg_threshold || out->secagg_neighbours || seed->len ||
+               out->secagg_clip != 0 || out->secagg_weight_cap || out->secagg_index ||
+               out->secagg_attempt) {
+        say(why, whylen, "%s: secagg fields set but secure_agg is false", msg);
+        DEC_TRY(FS_ERR_FORMAT);
+    }
     if (out->action == FS_TASK_TRAIN) {
         DEC_TRY(check_range_u64(msg, "round", out->round, 1, UINT32_MAX, why, whylen));
         DEC_TRY(check_range_u64(msg, "local_epochs", out->local_epochs, 1, 10000, why, whylen));
@@ -588,6 +632,8 @@ fs_status fs_wire_encode_update_chunk(const fs_wire_update_chunk *m, uint8_t **o
         ph.global_dice_et = h->global_dice_et;
         ph.train_seconds = h->train_seconds;
         ph.crc32 = h->crc32;
+        ph.masked = h->masked ? 1 : 0;
+        ph.secagg_attempt = h->secagg_attempt;
         pm.header = &ph;
     }
     pm.offset = m->offset;
@@ -614,6 +660,8 @@ static fs_status decode_update_header(const uint8_t *b, size_t n, fs_wire_update
     h->global_dice_et = get_f32(&r, "global_dice_et");
     h->train_seconds = get_f64(&r, "train_seconds");
     h->crc32 = get_u32(&r, "crc32");
+    h->masked = get_u64(&r, "masked") != 0;
+    h->secagg_attempt = get_u32(&r, "secagg_attempt");
     FS_TRY(check_range_u64(msg, "round", h->round, 1, UINT32_MAX, why, whylen));
     FS_TRY(check_range_u64(msg, "num_params", h->num_params, 1, FS_WIRE_MAX_PARAMS, why, whylen));
     FS_TRY(check_range_u64(msg, "num_samples", h->num_samples, 1, FS_WIRE_MAX_SAMPLES, why, whylen));
@@ -663,6 +711,78 @@ fs_status fs_wire_decode_update_ack(const uint8_t *buf, size_t len, fs_wire_upda
     DEC_TRY(scan(&fedseg__v1__update_ack__descriptor, buf, len, &r, why, whylen));
     out->accepted = get_u64(&r, "accepted") != 0;
     DEC_TRY(get_str(&r, "reason", out->reason, sizeof out->reason, why, whylen));
+    return FS_OK;
+}
+
+/* ---- SecAgg ------------------------------------------------------------ */
+
+fs_status fs_wire_encode_secagg_request(const fs_wire_secagg_request *m, uint8_t **out, size_t *len)
+{
+    ENC_PROLOGUE();
+    if (!m->payload && m->len) return FS_ERR_ARG;
+    Fedseg__V1__SecAggRequest pm = FEDSEG__V1__SEC_AGG_REQUEST__INIT;
+    pm.protocol_version = m->protocol_version;
+    pm.round = m->round;
+    pm.attempt = m->attempt;
+    pm.stage = (uint32_t)m->stage;
+    pm.payload.data = (uint8_t *)m->payload;
+    pm.payload.len = m->len;
+    return pack(&pm.base, out, len);
+}
+
+fs_status fs_wire_decode_secagg_request(const uint8_t *buf, size_t len, fs_wire_secagg_request *out,
+                                        char *why, size_t whylen)
+{
+    DEC_PROLOGUE();
+    scan_result r;
+    const char *msg = "SecAggRequest";
+    DEC_TRY(scan(&fedseg__v1__sec_agg_request__descriptor, buf, len, &r, why, whylen));
+    out->protocol_version = get_u32(&r, "protocol_version");
+    DEC_TRY(check_version(out->protocol_version, why, whylen));
+    out->round = get_u32(&r, "round");
+    out->attempt = get_u32(&r, "attempt");
+    uint32_t stage = get_u32(&r, "stage");
+    out->payload = fld(&r, "payload")->p;
+    out->len = fld(&r, "payload")->len;
+    DEC_TRY(check_range_u64(msg, "round", out->round, 1, UINT32_MAX, why, whylen));
+    DEC_TRY(check_range_u64(msg, "stage", stage, 0, FS_SA_STAGE_MAX, why, whylen));
+    DEC_TRY(check_range_u64(msg, "payload length", out->len, 0, FS_SECAGG_MAX_PAYLOAD, why, whylen));
+    out->stage = (fs_secagg_stage)stage;
+    return FS_OK;
+}
+
+fs_status fs_wire_encode_secagg_reply(const fs_wire_secagg_reply *m, uint8_t **out, size_t *len)
+{
+    ENC_PROLOGUE();
+    if (!m->payload && m->len) return FS_ERR_ARG;
+    Fedseg__V1__SecAggReply pm = FEDSEG__V1__SEC_AGG_REPLY__INIT;
+    pm.status = (uint32_t)m->status;
+    pm.stage = (uint32_t)m->stage;
+    pm.payload.data = (uint8_t *)m->payload;
+    pm.payload.len = m->len;
+    pm.retry_after_ms = m->retry_after_ms;
+    pm.reason = (char *)m->reason;
+    return pack(&pm.base, out, len);
+}
+
+fs_status fs_wire_decode_secagg_reply(const uint8_t *buf, size_t len, fs_wire_secagg_reply *out,
+                                      char *why, size_t whylen)
+{
+    DEC_PROLOGUE();
+    scan_result r;
+    const char *msg = "SecAggReply";
+    DEC_TRY(scan(&fedseg__v1__sec_agg_reply__descriptor, buf, len, &r, why, whylen));
+    uint32_t status = get_u32(&r, "status"), stage = get_u32(&r, "stage");
+    out->payload = fld(&r, "payload")->p;
+    out->len = fld(&r, "payload")->len;
+    out->retry_after_ms = get_u32(&r, "retry_after_ms");
+    DEC_TRY(get_str(&r, "reason", out->reason, sizeof out->reason, why, whylen));
+    DEC_TRY(check_range_u64(msg, "status", status, 0, FS_SA_ABANDONED, why, whylen));
+    DEC_TRY(check_range_u64(msg, "stage", stage, 0, FS_SA_STAGE_MAX, why, whylen));
+    DEC_TRY(check_range_u64(msg, "payload length", out->len, 0, FS_SECAGG_MAX_PAYLOAD, why, whylen));
+    DEC_TRY(check_range_u64(msg, "retry_after_ms", out->retry_after_ms, 0, 86400000u, why, whylen));
+    out->status = (fs_secagg_reply_status)status;
+    out->stage = (fs_secagg_stage)stage;
     return FS_OK;
 }
 

@@ -39,7 +39,12 @@
  *                  in the message)
  *   Task           action known; TRAIN: round ≥ 1, local_epochs 1..10000,
  *                  lr finite and > 0, prox_mu finite and ≥ 0; lr and prox_mu
- *                  finite always; retry_after_ms ≤ 24 h; dp_clip finite, ≥ 0
+ *                  finite always; retry_after_ms ≤ 24 h; dp_clip finite, ≥ 0;
+ *                  secure_agg: 3 ≤ sites ≤ 255, index < sites, 2 ≤ threshold,
+ *                  neighbours < sites, a 32-byte seed, clip finite > 0,
+ *                  weight_cap ≥ 1 (all secagg fields zero otherwise)
+ *   SecAgg         round ≥ 1, stage ≤ 5, payload ≤ FS_SECAGG_MAX_PAYLOAD;
+ *                  reply status ≤ 2, retry_after_ms ≤ 24 h
  *   UpdateHeader   round ≥ 1, train_loss and train_seconds finite and ≥ 0,
  *                  each Dice in [0,1] or NaN ("not evaluated")
  *
@@ -77,7 +82,7 @@
 #define FS_WIRE_REASON_LEN 256
 
 /* The RPC methods, indexing fs_federation_methods (paths and call shapes). */
-enum { FS_M_JOIN, FS_M_GET_TASK, FS_M_DOWNLOAD_MODEL, FS_M_PUSH_UPDATE, FS_M_COUNT };
+enum { FS_M_JOIN, FS_M_GET_TASK, FS_M_DOWNLOAD_MODEL, FS_M_PUSH_UPDATE, FS_M_SECAGG, FS_M_COUNT };
 extern const fs_rpc_method fs_federation_methods[FS_M_COUNT];
 
 /* Join (unary): a site announces itself; its identity comes from its TLS
@@ -119,6 +124,16 @@ typedef struct {
     uint32_t retry_after_ms;
     uint32_t model_crc32;              /* CRC-32 of the global model's bytes */
     float dp_clip;                     /* > 0: clip the update to this L2 norm (DP); 0 = off */
+    /* secure aggregation (all zero when secure_agg is 0) */
+    int secure_agg;
+    uint32_t secagg_attempt;
+    uint32_t secagg_index;             /* < secagg_sites                        */
+    uint32_t secagg_sites;             /* 3 .. 255                              */
+    uint32_t secagg_threshold;         /* 2 .. secagg_sites - 1                 */
+    uint32_t secagg_neighbours;        /* 2 .. secagg_sites - 1                 */
+    uint8_t secagg_round_seed[32];
+    double secagg_clip;                /* finite, > 0                           */
+    uint64_t secagg_weight_cap;        /* ≥ 1                                   */
 } fs_wire_task;
 
 /* DownloadModel (server stream): one request, then ModelChunks in order. */
@@ -150,6 +165,8 @@ typedef struct {
     float global_dice_et;
     double train_seconds;
     uint32_t crc32;                    /* of the whole update's bytes */
+    int masked;                        /* secure aggregation: uint32 masked words */
+    uint32_t secagg_attempt;
 } fs_wire_update_header;
 
 typedef struct {
@@ -165,6 +182,39 @@ typedef struct {
     char reason[FS_WIRE_REASON_LEN];
 } fs_wire_update_ack;
 
+/* SecAgg (unary): one step of a secure-aggregation stage (proto/fedseg.proto). */
+typedef enum {
+    FS_SA_ADVERTISE = 0,   /* site → server: AdvertiseKeys                  */
+    FS_SA_GET_KEYS = 1,    /* server → site: the KEYS broadcast             */
+    FS_SA_SHARES = 2,      /* site → server: encrypted shares               */
+    FS_SA_GET_RELAY = 3,   /* server → site: the shares addressed to it     */
+    FS_SA_GET_UNMASK = 4,  /* server → site: the unmasking request          */
+    FS_SA_UNMASK = 5       /* site → server: the unmasking response         */
+} fs_secagg_stage;
+#define FS_SA_STAGE_MAX FS_SA_UNMASK
+typedef enum { FS_SA_WAIT = 0, FS_SA_OK = 1, FS_SA_ABANDONED = 2 } fs_secagg_reply_status;
+/* The largest SecAgg payload (a KEYS or SHARES message of 255 sites is
+ * about 30 KB). */
+#define FS_SECAGG_MAX_PAYLOAD (1u << 20)
+
+typedef struct {
+    uint32_t protocol_version;
+    uint32_t round;                    /* ≥ 1 */
+    uint32_t attempt;
+    fs_secagg_stage stage;
+    const uint8_t *payload;            /* borrowed from the decoded buffer */
+    size_t len;                        /* ≤ FS_SECAGG_MAX_PAYLOAD          */
+} fs_wire_secagg_request;
+
+typedef struct {
+    fs_secagg_reply_status status;
+    fs_secagg_stage stage;
+    const uint8_t *payload;            /* borrowed, as above */
+    size_t len;
+    uint32_t retry_after_ms;           /* ≤ 24 h */
+    char reason[FS_WIRE_REASON_LEN];
+} fs_wire_secagg_reply;
+
 /* Encoders: *out is malloc'ed (caller frees), *len its size. FS_ERR_ARG for
  * NULL arguments (or chunk data NULL with len > 0), FS_ERR_NOMEM. */
 fs_status fs_wire_encode_join_request(const fs_wire_join_request *m, uint8_t **out, size_t *len);
@@ -175,6 +225,8 @@ fs_status fs_wire_encode_model_request(const fs_wire_model_request *m, uint8_t *
 fs_status fs_wire_encode_model_chunk(const fs_wire_model_chunk *m, uint8_t **out, size_t *len);
 fs_status fs_wire_encode_update_chunk(const fs_wire_update_chunk *m, uint8_t **out, size_t *len);
 fs_status fs_wire_encode_update_ack(const fs_wire_update_ack *m, uint8_t **out, size_t *len);
+fs_status fs_wire_encode_secagg_request(const fs_wire_secagg_request *m, uint8_t **out, size_t *len);
+fs_status fs_wire_encode_secagg_reply(const fs_wire_secagg_reply *m, uint8_t **out, size_t *len);
 
 /* Decoders: see the top of this file for the statuses and checks. On an
  * error *out is left zeroed. */
@@ -194,6 +246,10 @@ fs_status fs_wire_decode_update_chunk(const uint8_t *buf, size_t len, fs_wire_up
                                       char *why, size_t whylen);
 fs_status fs_wire_decode_update_ack(const uint8_t *buf, size_t len, fs_wire_update_ack *out,
                                     char *why, size_t whylen);
+fs_status fs_wire_decode_secagg_request(const uint8_t *buf, size_t len, fs_wire_secagg_request *out,
+                                        char *why, size_t whylen);
+fs_status fs_wire_decode_secagg_reply(const uint8_t *buf, size_t len, fs_wire_secagg_reply *out,
+                                      char *why, size_t whylen);
 
 /* FS_OK when every little-endian fp32 in data[0..len) is finite; FS_ERR_NUMERIC
  * at the first NaN or ±Inf (its index in *bad_index when not NULL);

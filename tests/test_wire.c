@@ -41,7 +41,7 @@ static void put_bytes(raw *r, unsigned field, const void *p, size_t n)
 /* ---- one generic "decode, and if accepted, re-encode to the same" ------- */
 
 typedef enum { M_JOIN_REQ, M_JOIN_REP, M_TASK_REQ, M_TASK, M_MODEL_REQ, M_MODEL_CHUNK, M_UPDATE_CHUNK,
-               M_UPDATE_ACK, M_N } msg_kind;
+               M_UPDATE_ACK, M_SA_REQ, M_SA_REP, M_N } msg_kind;
 
 typedef union {
     fs_wire_join_request jq;
@@ -52,6 +52,8 @@ typedef union {
     fs_wire_model_chunk mc;
     fs_wire_update_chunk uc;
     fs_wire_update_ack ua;
+    fs_wire_secagg_request sq;
+    fs_wire_secagg_reply sr;
 } any_msg;
 
 static fs_status decode_any(msg_kind k, const uint8_t *b, size_t n, any_msg *m, char *why, size_t wl)
@@ -64,6 +66,8 @@ static fs_status decode_any(msg_kind k, const uint8_t *b, size_t n, any_msg *m, 
     case M_MODEL_REQ: return fs_wire_decode_model_request(b, n, &m->mq, why, wl);
     case M_MODEL_CHUNK: return fs_wire_decode_model_chunk(b, n, &m->mc, why, wl);
     case M_UPDATE_CHUNK: return fs_wire_decode_update_chunk(b, n, &m->uc, why, wl);
+    case M_SA_REQ: return fs_wire_decode_secagg_request(b, n, &m->sq, why, wl);
+    case M_SA_REP: return fs_wire_decode_secagg_reply(b, n, &m->sr, why, wl);
     default: return fs_wire_decode_update_ack(b, n, &m->ua, why, wl);
     }
 }
@@ -78,6 +82,8 @@ static fs_status encode_any(msg_kind k, const any_msg *m, uint8_t **out, size_t 
     case M_MODEL_REQ: return fs_wire_encode_model_request(&m->mq, out, len);
     case M_MODEL_CHUNK: return fs_wire_encode_model_chunk(&m->mc, out, len);
     case M_UPDATE_CHUNK: return fs_wire_encode_update_chunk(&m->uc, out, len);
+    case M_SA_REQ: return fs_wire_encode_secagg_request(&m->sq, out, len);
+    case M_SA_REP: return fs_wire_encode_secagg_reply(&m->sr, out, len);
     default: return fs_wire_encode_update_ack(&m->ua, out, len);
     }
 }
@@ -91,6 +97,8 @@ static int same_msg(msg_kind k, const any_msg *a, const any_msg *b)
     size_t la = 0;
     if (k == M_MODEL_CHUNK) { pa = x.mc.data; pb = y.mc.data; la = x.mc.len; x.mc.data = y.mc.data = NULL; }
     if (k == M_UPDATE_CHUNK) { pa = x.uc.data; pb = y.uc.data; la = x.uc.len; x.uc.data = y.uc.data = NULL; }
+    if (k == M_SA_REQ) { pa = x.sq.payload; pb = y.sq.payload; la = x.sq.len; x.sq.payload = y.sq.payload = NULL; }
+    if (k == M_SA_REP) { pa = x.sr.payload; pb = y.sr.payload; la = x.sr.len; x.sr.payload = y.sr.payload = NULL; }
     if (memcmp(&x, &y, sizeof x) != 0) return 0;
     return la == 0 || memcmp(pa, pb, la) == 0;
 }
@@ -226,6 +234,21 @@ static any_msg valid(msg_kind k, int variant)
             m.t.retry_after_ms = 86400000u;
             m.t.model_crc32 = 0xffffffffu;
             m.t.dp_clip = 0.75f;
+        } else if (variant == 3) {
+            m.t.action = FS_TASK_TRAIN;
+            m.t.round = 2;
+            m.t.local_epochs = 1;
+            m.t.lr = 1e-3f;
+            m.t.num_params = 1000;
+            m.t.secure_agg = 1;
+            m.t.secagg_attempt = 3;
+            m.t.secagg_index = 254;
+            m.t.secagg_sites = 255;
+            m.t.secagg_threshold = 100;
+            m.t.secagg_neighbours = 254;
+            for (int i = 0; i < 32; i++) m.t.secagg_round_seed[i] = (uint8_t)(7 * i + 1);
+            m.t.secagg_clip = 2.5;
+            m.t.secagg_weight_cap = 1000;
         } else {
             m.t.action = variant == 1 ? FS_TASK_WAIT : FS_TASK_FINISHED;
             m.t.retry_after_ms = 250;
@@ -263,6 +286,22 @@ static any_msg valid(msg_kind k, int variant)
         m.uc.len = variant == 1 ? 0 : 32;
         m.uc.data = (const uint8_t *)payload;
         break;
+    case M_SA_REQ:
+        m.sq.protocol_version = FS_PROTOCOL_VERSION;
+        m.sq.round = 9;
+        m.sq.attempt = variant ? UINT32_MAX : 0;
+        m.sq.stage = variant ? FS_SA_UNMASK : FS_SA_GET_KEYS;
+        m.sq.payload = variant ? (const uint8_t *)payload : NULL;
+        m.sq.len = variant ? 1000 : 0;
+        break;
+    case M_SA_REP:
+        m.sr.status = variant == 0 ? FS_SA_OK : variant == 1 ? FS_SA_WAIT : FS_SA_ABANDONED;
+        m.sr.stage = FS_SA_GET_RELAY;
+        m.sr.payload = variant == 0 ? (const uint8_t *)payload : NULL;
+        m.sr.len = variant == 0 ? 4096 : 0;
+        m.sr.retry_after_ms = variant == 1 ? 250 : 0;
+        if (variant == 2) strcpy(m.sr.reason, "only 2 sites sent their shares, threshold 3");
+        break;
     default:
         m.ua.accepted = variant == 0;
         strcpy(m.ua.reason, variant ? "round 3 is over (now 4)" : "");
@@ -271,7 +310,7 @@ static any_msg valid(msg_kind k, int variant)
     return m;
 }
 
-static const int n_variants[M_N] = {2, 2, 2, 3, 1, 2, 3, 2};
+static const int n_variants[M_N] = {2, 2, 2, 4, 1, 2, 3, 2, 2, 3};
 
 static void test_round_trips(void)
 {
@@ -371,6 +410,23 @@ static void test_refusals(void)
     REFUSE(M_TASK, 0, m.t.lr = INFINITY, "lr");
     REFUSE(M_TASK, 0, m.t.prox_mu = -0.5f, "prox_mu");
     REFUSE(M_TASK, 0, m.t.prox_mu = INFINITY, "prox_mu");
+    REFUSE(M_TASK, 3, m.t.secagg_sites = 2, "secagg_sites");
+    REFUSE(M_TASK, 3, m.t.secagg_sites = 256, "secagg_sites");
+    REFUSE(M_TASK, 3, m.t.secagg_index = 255, "secagg_index");
+    REFUSE(M_TASK, 3, m.t.secagg_threshold = 1, "secagg_threshold");
+    REFUSE(M_TASK, 3, m.t.secagg_threshold = 255, "secagg_threshold");
+    REFUSE(M_TASK, 3, m.t.secagg_neighbours = 1, "secagg_neighbours");
+    REFUSE(M_TASK, 3, m.t.secagg_clip = 0, "secagg_clip");
+    REFUSE(M_TASK, 3, m.t.secagg_clip = NAN, "secagg_clip");
+    REFUSE(M_TASK, 3, m.t.secagg_weight_cap = 0, "secagg_weight_cap");
+    REFUSE(M_TASK, 0, m.t.secagg_threshold = 3, "secure_agg is false");
+    REFUSE(M_SA_REQ, 0, m.sq.round = 0, "round");
+    REFUSE(M_SA_REQ, 0, m.sq.stage = (fs_secagg_stage)6, "stage");
+    m = valid(M_SA_REQ, 1);
+    m.sq.protocol_version = 2;
+    expect_refused(M_SA_REQ, &m, FS_ERR_MISMATCH, "protocol version 2, this fedseg speaks 1", "SecAgg version");
+    REFUSE(M_SA_REP, 0, m.sr.status = (fs_secagg_reply_status)3, "status");
+    REFUSE(M_SA_REP, 1, m.sr.retry_after_ms = 86400001u, "retry_after_ms");
     REFUSE(M_TASK, 0, m.t.dp_clip = -1.0f, "dp_clip");
     REFUSE(M_TASK, 0, m.t.dp_clip = NAN, "dp_clip");
     REFUSE(M_TASK, 1, m.t.dp_clip = INFINITY, "dp_clip");

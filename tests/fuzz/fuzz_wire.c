@@ -1,8 +1,9 @@
 /*
  * tests/fuzz/fuzz_wire.c — libFuzzer target for the federation message
  * decoders (common/wire.h). The first input byte picks the message (modulo
- * 8: JoinRequest, JoinReply, TaskRequest, Task, ModelRequest, ModelChunk,
- * UpdateChunk, UpdateAck); the rest is decoded as that message.
+ * 10: JoinRequest, JoinReply, TaskRequest, Task, ModelRequest, ModelChunk,
+ * UpdateChunk, UpdateAck, SecAggRequest, SecAggReply); the rest is decoded
+ * as that message.
  *
  * Properties checked (abort() on violation, so the fuzzer reports a crash):
  *   - decode never crashes, leaks or reads outside its input (ASan, UBSan);
@@ -23,11 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const ProtobufCMessageDescriptor *const DESC[8] = {
+static const ProtobufCMessageDescriptor *const DESC[10] = {
     &fedseg__v1__join_request__descriptor, &fedseg__v1__join_reply__descriptor,
     &fedseg__v1__task_request__descriptor, &fedseg__v1__task__descriptor,
     &fedseg__v1__model_request__descriptor, &fedseg__v1__model_chunk__descriptor,
     &fedseg__v1__update_chunk__descriptor, &fedseg__v1__update_ack__descriptor,
+    &fedseg__v1__sec_agg_request__descriptor, &fedseg__v1__sec_agg_reply__descriptor,
 };
 
 static void fail(const char *what)
@@ -73,7 +75,7 @@ static void touch_payload(const uint8_t *d, size_t len, const uint8_t *b, size_t
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1) return 0;
-    int k = data[0] % 8;
+    int k = data[0] % 10;
     const uint8_t *b = data + 1;
     size_t n = size - 1;
     char why[256];
@@ -110,6 +112,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         break;
     }
+    case 8: PLAIN(fs_wire_secagg_request, secagg_request); break;
+    case 9: PLAIN(fs_wire_secagg_reply, secagg_reply); break;
     default: PLAIN(fs_wire_update_ack, update_ack); break;
     }
 #undef PLAIN
