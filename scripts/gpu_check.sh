@@ -2,9 +2,12 @@
 # scripts/gpu_check.sh — every GPU check in one run, for a machine with an
 # NVIDIA GPU (H100/H200, CUDA 13): builds with the CUDA backend, runs the GPU
 # tests (every CUDA op against the CPU reference, the whole U-Net on CUDA vs
-# CPU with the CUDA-graph step, the aggregator's GPU fold and arithmetic ops)
-# and then the training-step benchmark side by side with PyTorch
-# (bench/run_gpu.sh) and the aggregator-ops benchmark (bench/run_aggops.sh).
+# CPU with the CUDA-graph step, the aggregator's GPU fold and arithmetic ops,
+# the homomorphic-encryption kernels bit for bit against the CPU) and then the
+# training-step benchmark side by side with PyTorch (bench/run_gpu.sh), the
+# aggregator-ops benchmark (bench/run_aggops.sh) and the encrypted-aggregation
+# benchmark with GPU encryption and the GPU ciphertext sum (bench/bench_he.c,
+# `ref`-sized update, 10 sites).
 # Results and logs go to ${OUT:-gpu-results}/.
 #
 # Where the machine lacks Debian's -dev packages, carry them as described in
@@ -19,11 +22,13 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1
 grep "fedseg backends" "$OUT/configure.log" | tee "$OUT/backends.txt"
 cmake --build "$BUILD" -j"$(nproc)" > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 rc=0
-(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_aggops|test_unet$|test_kernels_fd") \
+(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_aggops|test_unet$|test_kernels_fd|test_he_cuda|test_he$") \
   > "$OUT/gpu_tests.log" 2>&1 || rc=1
 tail -15 "$OUT/gpu_tests.log"
 BUILD="$BUILD" OUT="$OUT" bash bench/run_gpu.sh > "$OUT/bench_gpu.log" 2>&1 || rc=1
 tail -25 "$OUT/bench_gpu.log"
 BUILD="$BUILD" OUT="$OUT/aggops" DEVICE=cuda bash bench/run_aggops.sh > "$OUT/bench_aggops.log" 2>&1 || rc=1
 tail -20 "$OUT/bench_aggops.log"
+"$BUILD/bench/bench_he" --device cuda --json > "$OUT/bench_he_gpu.log" 2>&1 || rc=1
+tail -10 "$OUT/bench_he_gpu.log"
 exit $rc
