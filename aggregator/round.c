@@ -22,6 +22,7 @@
  * Tested by tests/test_round.c.
  */
 #include "aggregator/round.h"
+#include "kernels/backend.h"
 #include "aggregator/journal.h"
 #include "aggregator/round_sum.h"
 #include "common/fsutil.h"
@@ -37,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sodium.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,6 +60,7 @@ typedef struct {
     float loss, dice[3];
     double train_s, upload_s;
     uint64_t bytes_recv, bytes_sent;
+    long sa_index;            /* index in the secure-aggregation attempt, -1 = none */
 } fs_site;
 
 struct fs_round_upload {
@@ -104,6 +107,18 @@ struct fs_round {
     int dead;
     int dp;                   /* central differential privacy is on */
     fs_dp_accountant dpa;     /* its ledger over the completed rounds */
+    /* secure aggregation of the open round (cfg.secure_agg) */
+    fs_secagg_server *sa;     /* the attempt in progress (NULL = none)      */
+    fs_secagg_params sap;     /* its public parameters                      */
+    int sa_f;                 /* fixed-point exponent of its quantisation   */
+    uint64_t sa_wcap;         /* its public cap on a site's sample count    */
+    uint32_t sa_attempt;      /* id of the current (or last) attempt        */
+    int sa_stage;             /* 0 keys, 1 shares, 2 masked inputs, 3 unmasking */
+    double sa_deadline;       /* of stages 0, 1 and 3                        */
+    uint8_t *sa_keys, *sa_req;/* the KEYS broadcast, the unmasking request  */
+    size_t sa_keys_len, sa_req_len;
+    uint32_t *sa_sum;         /* P + 1 words: Σ of masked vectors mod 2^32  */
+    char sa_summary[256];     /* JSON of the attempt that closed the round   */
 };
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -422,8 +437,15 @@ static void drop_accepted(fs_round *a, size_t k, const char *why)
 
 /* Rebuilds the round's sum from the accepted spools in journal order (the
  * order they were folded in the first place, so the bits are the same). */
+static void sa_restart(fs_round *a, const char *why);
+
 static void rebuild_sum(fs_round *a)
 {
+    if (a->cfg.secure_agg) {
+        /* masked updates cannot be re-folded (their masks are gone) */
+        sa_restart(a, "the round's result could not be saved");
+        return;
+    }
     fs_round_sum_reset(&a->sum);
     for (size_t k = 0; k < a->n_accepted;) {
         int touched;
@@ -650,6 +672,7 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
         first = 0;
     }
     sb_printf(&b, "]");
+    if (a->cfg.secure_agg && a->sa_summary[0]) sb_printf(&b, ",\"secure_agg\":%s", a->sa_summary);
     if (a->dp) {
         /* ε after this round, at the configured δ (the close is decided) */
         fs_dp_accountant next = a->dpa;
@@ -676,6 +699,7 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
 /* ---- round life ------------------------------------------------------------ */
 
 static fs_status try_open(fs_round *a, double now);
+static fs_status sa_tick(fs_round *a, double now);
 
 /* Clears the per-round state after a close (or for a fresh round). */
 static void reset_round(fs_round *a)
@@ -836,6 +860,7 @@ static fs_status try_open(fs_round *a, double now)
     char sel[512];
     selection_text(a, sel, sizeof sel);
     fs_log_info("round %u opened: %zu active site(s), selected %s", r, active, sel);
+    if (a->cfg.secure_agg) return sa_tick(a, now);
     return FS_OK;
 }
 
@@ -874,6 +899,7 @@ static fs_status extend_round(fs_round *a, double now)
 /* Closes the open round when it is complete or past its deadline. */
 static fs_status maybe_close(fs_round *a, double now)
 {
+    if (a->cfg.secure_agg && !a->closing) return sa_tick(a, now);
     if (a->closing) return close_round(a, now, "resumed");
     if (!a->open) return FS_OK;
     size_t nsel = 0, nsub = 0;
@@ -885,6 +911,311 @@ static fs_status maybe_close(fs_round *a, double now)
     if (now < a->deadline) return FS_OK;
     if (a->n_accepted >= a->cfg.min_sites) return close_round(a, now, "deadline");
     return extend_round(a, now);
+}
+
+/* ---- secure aggregation ------------------------------------------------------
+ * The open round's attempt: sa_begin numbers the selected sites 0..n-1 (site
+ * list order), draws a fresh public round seed and starts stage 0; sa_tick
+ * ends each stage when every site that can still answer has answered or at
+ * its deadline, and closes the round once the unmasked mean is known;
+ * sa_restart abandons the attempt (model unchanged) and reopens the round.
+ * WARNING: the aggregator never holds an individual site's unmasked update:
+ * masked uploads are spooled and added into sa_sum (mod 2^32), and only the
+ * sum is unmasked (common/secagg.h explains why each stage preserves this).
+ */
+
+/* Frees the attempt (not sa_sum's allocation); sites leave it. */
+static void sa_end(fs_round *a)
+{
+    fs_secagg_server_free(a->sa);
+    a->sa = NULL;
+    fs_secagg_msg_free(a->sa_keys, a->sa_keys_len);
+    fs_secagg_msg_free(a->sa_req, a->sa_req_len);
+    a->sa_keys = a->sa_req = NULL;
+    a->sa_keys_len = a->sa_req_len = 0;
+    for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
+}
+
+/* Drops every upload in flight for the current round (logged once each). */
+static void kill_round_uploads(fs_round *a, const char *msg)
+{
+    for (fs_round_upload *u = a->uploads; u; u = u->next)
+        if (u->round == a->completed + 1 && !u->dead) {
+            fs_log_warn("site %s: upload dropped: %s", a->sites[u->site].name, msg);
+            kill_upload(a, u, FS_ERR_MISMATCH, msg);
+        }
+}
+
+/* Starts an attempt of the open round among its selected sites. */
+static fs_status sa_begin(fs_round *a, double now)
+{
+    uint32_t r = a->completed + 1, n = 0;
+    for (size_t i = 0; i < a->n_sites; i++)
+        a->sites[i].sa_index = a->sites[i].selected ? (long)n++ : -1;
+    fs_secagg_params p;
+    memset(&p, 0, sizeof p);
+    p.round = r;
+    p.n_sites = n;
+    uint32_t k = a->cfg.secagg_neighbours ? a->cfg.secagg_neighbours : n - 1;
+    if (k >= n - 1) k = n - 1;
+    else if (k % 2) k--; /* SecAgg+ graphs have an even degree */
+    if (k < 2) k = n - 1;
+    uint32_t t = a->cfg.secagg_threshold ? a->cfg.secagg_threshold : 2 * n / 3 + 1;
+    if (t > k) t = k;
+    if (t < 2) t = 2;
+    p.threshold = t;
+    p.neighbours = k;
+    p.n_words = (uint64_t)a->P + 1;
+    randombytes_buf(p.round_seed, sizeof p.round_seed);
+    int f = 0;
+    fs_status st = fs_secagg_params_check(&p);
+    if (st == FS_OK) st = fs_secagg_quant_bits(a->cfg.secagg_clip, n, &f);
+    if (st == FS_OK) st = fs_secagg_server_new(&p, &a->sa);
+    if (st != FS_OK) {
+        fs_log_error("round %u: cannot start secure aggregation among %u site(s): %s", r, n,
+                     fs_status_str(st));
+        for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
+        return st;
+    }
+    /* the weight cap: configured, or the largest sample count the selected
+     * sites announced when they joined (public already), so that the
+     * biggest site sends weight 1 and the fixed-point grid is used fully */
+    uint64_t cap = a->cfg.secagg_weight_cap;
+    if (!cap)
+        for (size_t i = 0; i < a->n_sites; i++)
+            if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
+    a->sa_wcap = cap ? cap : 1;
+    a->sap = p;
+    a->sa_f = f;
+    a->sa_attempt++;
+    a->sa_stage = 0;
+    a->sa_deadline = now + a->cfg.secagg_stage_s;
+    memset(a->sa_sum, 0, ((size_t)a->P + 1) * sizeof *a->sa_sum);
+    a->sa_summary[0] = 0;
+    fs_log_info("round %u: secure aggregation attempt %u among %u site(s), threshold %u, "
+                "%u neighbour(s) each", r, a->sa_attempt, n, t, k);
+    return FS_OK;
+}
+
+/* Abandons the attempt: logged, model unchanged, the round selects again. */
+static void sa_restart(fs_round *a, const char *why)
+{
+    uint32_t r = a->completed + 1;
+    fs_log_error("round %u: secure aggregation attempt %u abandoned: %s; the global model is "
+                 "unchanged and the round starts again", r, a->sa_attempt, why);
+    char msg[FS_WIRE_REASON_LEN];
+    snprintf(msg, sizeof msg, "round %u: secure aggregation attempt %u abandoned", r, a->sa_attempt);
+    kill_round_uploads(a, msg);
+    sa_end(a);
+    reset_round(a);
+    clean_spools(a);
+}
+
+/* Adds the spooled masked vector of site si into sa_sum (mod 2^32),
+ * checking its size and the CRC recorded at acceptance. On failure sa_sum
+ * may hold part of it: the caller abandons the attempt. */
+static fs_status sa_fold_spool(fs_round *a, size_t si)
+{
+    const fs_site *s = &a->sites[si];
+    char path[PATH_LEN];
+    FS_TRY(spool_path(a, path, a->completed + 1, s->name));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fs_log_error("%s: cannot open the masked update of site %s: %s", path, s->name, strerror(errno));
+        return FS_ERR_IO;
+    }
+    const fs_backend *cpu = fs_backend_cpu();
+    size_t W = a->P + 1;
+    uint32_t crc = 0;
+    fs_status st = FS_OK;
+    for (size_t off = 0; off < W && st == FS_OK;) {
+        size_t n = W - off < FS_CHUNK_PARAMS ? W - off : FS_CHUNK_PARAMS;
+        ssize_t got = read_full(fd, a->rbuf, n * 4);
+        if (got != (ssize_t)(n * 4)) {
+            fs_log_error("%s: cannot read back: %s", path, got < 0 ? strerror(errno) : "short file");
+            st = FS_ERR_IO;
+            break;
+        }
+        crc = fs_wire_crc32_bytes(crc, a->rbuf, n * 4);
+        /* little-endian words read as host words (server.c refuses other hosts) */
+        const uint32_t *words = (const uint32_t *)(void *)a->rbuf;
+        st = cpu->u32_sum(NULL, n, a->sa_sum + off, &words, 1);
+        off += n;
+    }
+    close(fd);
+    if (st == FS_OK && crc != s->crc) {
+        fs_log_error("%s: CRC-32 %08x differs from the accepted update's %08x", path, crc, s->crc);
+        st = FS_ERR_CHECKSUM;
+    }
+    return st;
+}
+
+/* Unmasks the sum, computes the weighted mean and closes the round. */
+static fs_status sa_finish(fs_round *a, double now)
+{
+    uint32_t r = a->completed + 1;
+    size_t W = a->P + 1;
+    fs_status st = FS_OK;
+    for (size_t off = 0; off < W && st == FS_OK; off += FS_CHUNK_PARAMS) {
+        size_t n = W - off < FS_CHUNK_PARAMS ? W - off : FS_CHUNK_PARAMS;
+        st = fs_secagg_server_unmask(a->sa, a->sa_sum + off, off, n);
+    }
+    float total = 0;
+    if (st == FS_OK) st = fs_secagg_average(a->sa_sum, a->P, a->sa_f, a->sum.sum, &total);
+    if (st == FS_OK) st = fs_round_sum_set(&a->sum, a->sum.sum, 1.0);
+    if (st != FS_OK) {
+        sa_restart(a, fs_status_str(st));
+        return FS_OK;
+    }
+    snprintf(a->sa_summary, sizeof a->sa_summary,
+             "{\"attempt\":%u,\"sites\":%u,\"threshold\":%u,\"neighbours\":%u,\"advertised\":%u,"
+             "\"shared\":%u,\"masked\":%u,\"unmasked\":%u}",
+             a->sa_attempt, a->sap.n_sites, a->sap.threshold, a->sap.neighbours,
+             fs_secagg_server_count(a->sa, FS_SECAGG_ADVERTISED),
+             fs_secagg_server_count(a->sa, FS_SECAGG_SHARED), fs_secagg_server_count(a->sa, FS_SECAGG_MASKED),
+             fs_secagg_server_count(a->sa, FS_SECAGG_UNMASKED));
+    fs_log_info("round %u: the masked sum of %u site(s) is unmasked (total weight %.4g)", r,
+                fs_secagg_server_count(a->sa, FS_SECAGG_MASKED), (double)total);
+    int all = fs_secagg_server_count(a->sa, FS_SECAGG_MASKED) == a->sap.n_sites;
+    sa_end(a);
+    return close_round(a, now, all ? "all_reported" : "deadline");
+}
+
+/* Ends the stages whose collection is complete or past its deadline. */
+static fs_status sa_tick(fs_round *a, double now)
+{
+    if (!a->cfg.secure_agg || !a->open || a->closing) return FS_OK;
+    if (!a->sa) return sa_begin(a, now);
+    for (int guard = 0; guard < 4; guard++) {
+        uint32_t adv = fs_secagg_server_count(a->sa, FS_SECAGG_ADVERTISED),
+                 sh = fs_secagg_server_count(a->sa, FS_SECAGG_SHARED),
+                 ms = fs_secagg_server_count(a->sa, FS_SECAGG_MASKED),
+                 um = fs_secagg_server_count(a->sa, FS_SECAGG_UNMASKED);
+        fs_status st = FS_OK;
+        switch (a->sa_stage) {
+        case 0:
+            if (adv < a->sap.n_sites && now < a->sa_deadline) return FS_OK;
+            st = fs_secagg_server_close_advertise(a->sa, &a->sa_keys, &a->sa_keys_len);
+            a->sa_deadline = now + a->cfg.secagg_stage_s;
+            break;
+        case 1:
+            if (sh < adv && now < a->sa_deadline) return FS_OK;
+            st = fs_secagg_server_close_shares(a->sa);
+            break;
+        case 2:
+            if (ms < sh && now < a->deadline) return FS_OK;
+            {
+                int uploading = 0;
+                for (fs_round_upload *u = a->uploads; u; u = u->next)
+                    uploading |= u->round == a->completed + 1 && !u->dead;
+                if (uploading && ms < sh && now < a->deadline + a->cfg.secagg_stage_s) return FS_OK;
+            }
+            kill_round_uploads(a, "the masked-input stage is over");
+            st = fs_secagg_server_close_masked(a->sa, &a->sa_req, &a->sa_req_len);
+            a->sa_deadline = now + a->cfg.secagg_stage_s;
+            break;
+        default:
+            if (um < ms && now < a->sa_deadline) return FS_OK;
+            st = fs_secagg_server_close_unmask(a->sa);
+            if (st == FS_OK) return sa_finish(a, now);
+            break;
+        }
+        if (st != FS_OK) {
+            const char *why = fs_secagg_server_reason(a->sa);
+            sa_restart(a, why && why[0] ? why : fs_status_str(st));
+            return FS_OK;
+        }
+        a->sa_stage++;
+    }
+    return FS_OK;
+}
+
+/* Fills the reply of a SecAgg call (see round.h). */
+fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secagg_request *req,
+                          double now, fs_wire_secagg_reply *reply, uint8_t **payload, char *why,
+                          size_t whylen)
+{
+    if (!a || !req || !reply || !payload) return FS_ERR_ARG;
+    memset(reply, 0, sizeof *reply);
+    *payload = NULL;
+    if (why && whylen) why[0] = 0;
+    if (a->dead) return FS_ERR_IO;
+    long si = site_find(a, identity);
+    if (si < 0) return refuse(FS_ERR_NOT_FOUND, identity, why, whylen, "not on the site list");
+    fs_site *s = &a->sites[si];
+    s->last_seen = now;
+    if (!a->cfg.secure_agg)
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen, "this federation does not use secure aggregation");
+    fs_round_tick(a, now);
+    if (a->dead) return FS_ERR_IO;
+    reply->stage = req->stage;
+    reply->retry_after_ms = a->cfg.poll_ms < 250 ? a->cfg.poll_ms : 250;
+    uint32_t r = a->completed + 1;
+    int current = a->sa && req->round == r && req->attempt == a->sa_attempt && s->sa_index >= 0;
+    if (!current) {
+        reply->status = FS_SA_ABANDONED;
+        snprintf(reply->reason, sizeof reply->reason,
+                 "round %u attempt %u is not in progress for this site (now round %u)", req->round,
+                 req->attempt, r);
+        return FS_OK;
+    }
+    uint32_t idx = (uint32_t)s->sa_index;
+    fs_status st = FS_OK;
+    int late = 0;
+    switch (req->stage) {
+    case FS_SA_ADVERTISE:
+        if (a->sa_stage != 0) { late = 1; break; }
+        st = fs_secagg_server_recv_advertise(a->sa, idx, req->payload, req->len);
+        break;
+    case FS_SA_GET_KEYS:
+        if (a->sa_stage == 0) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (!fs_secagg_server_has(a->sa, FS_SECAGG_ADVERTISED, idx)) { late = 1; break; }
+        *payload = malloc(a->sa_keys_len ? a->sa_keys_len : 1);
+        if (!*payload) return FS_ERR_NOMEM;
+        memcpy(*payload, a->sa_keys, a->sa_keys_len);
+        reply->len = a->sa_keys_len;
+        break;
+    case FS_SA_SHARES:
+        if (a->sa_stage != 1) { late = 1; break; }
+        st = fs_secagg_server_recv_shares(a->sa, idx, req->payload, req->len);
+        break;
+    case FS_SA_GET_RELAY:
+        if (a->sa_stage < 2) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (a->sa_stage > 2 || !fs_secagg_server_has(a->sa, FS_SECAGG_SHARED, idx)) { late = 1; break; }
+        st = fs_secagg_server_relay(a->sa, idx, payload, &reply->len);
+        break;
+    case FS_SA_GET_UNMASK:
+        if (a->sa_stage < 3) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (!fs_secagg_server_has(a->sa, FS_SECAGG_MASKED, idx)) { late = 1; break; }
+        *payload = malloc(a->sa_req_len ? a->sa_req_len : 1);
+        if (!*payload) return FS_ERR_NOMEM;
+        memcpy(*payload, a->sa_req, a->sa_req_len);
+        reply->len = a->sa_req_len;
+        break;
+    case FS_SA_UNMASK:
+        if (a->sa_stage != 3 || !fs_secagg_server_has(a->sa, FS_SECAGG_MASKED, idx)) { late = 1; break; }
+        st = fs_secagg_server_recv_unmask(a->sa, idx, req->payload, req->len);
+        break;
+    }
+    if (late) {
+        reply->status = FS_SA_ABANDONED;
+        snprintf(reply->reason, sizeof reply->reason,
+                 "round %u attempt %u: stage %d is over for this site", r, a->sa_attempt, (int)req->stage);
+        return FS_OK;
+    }
+    if (st != FS_OK) {
+        fs_secagg_msg_free(*payload, reply->len);
+        *payload = NULL;
+        reply->len = 0;
+        return refuse(st == FS_ERR_ABANDONED ? FS_ERR_MISMATCH : st, identity, why, whylen,
+                      "secure aggregation stage %d message refused (%s)", (int)req->stage,
+                      fs_status_str(st));
+    }
+    reply->status = FS_SA_OK;
+    reply->retry_after_ms = 0;
+    reply->payload = *payload;
+    sa_tick(a, now);
+    return FS_OK;
 }
 
 /* ---- resume ---------------------------------------------------------------- */
@@ -1114,6 +1445,23 @@ static fs_status check_config(const fs_round_config *cfg, size_t P)
                      "site_timeout_s ≥ 0");
         return FS_ERR_ARG;
     }
+    if (cfg->secure_agg) {
+        if (cfg->min_sites < 3 || cfg->n_sites > FS_SECAGG_MAX_SITES) {
+            fs_log_error("round: secure aggregation needs min_sites ≥ 3 (got %u) and at most %u sites "
+                         "(got %zu)", cfg->min_sites, FS_SECAGG_MAX_SITES, cfg->n_sites);
+            return FS_ERR_ARG;
+        }
+        if (!(cfg->secagg_clip > 0) || !isfinite(cfg->secagg_clip) || !(cfg->secagg_stage_s > 0) ||
+            !isfinite(cfg->secagg_stage_s)) {
+            fs_log_error("round: secure aggregation needs secagg_clip > 0 and secagg_stage_s > 0");
+            return FS_ERR_ARG;
+        }
+        if (cfg->dp.mode != FS_DP_OFF) {
+            fs_log_error("round: differential privacy together with secure aggregation (distributed "
+                         "noise) is not available in this aggregator; use one or the other");
+            return FS_ERR_ARG;
+        }
+    }
     if (!valid_site_name(cfg->model.preset) || strlen(cfg->model.preset) >= FS_WIRE_PRESET_LEN) {
         fs_log_error("round: the model preset '%.16s' is not a valid name", cfg->model.preset);
         return FS_ERR_ARG;
@@ -1189,8 +1537,15 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     a->rbuf = malloc(FS_CHUNK_BYTES);
     a->fbuf = malloc(FS_CHUNK_PARAMS * sizeof *a->fbuf);
     if (!a->sites || !a->order || !a->model || !a->rbuf || !a->fbuf) goto fail;
+    if (cfg->secure_agg && !(a->sa_sum = calloc(P + 1, sizeof *a->sa_sum))) goto fail;
     if ((st = fs_round_sum_init(&a->sum, P)) != FS_OK) goto fail;
-    for (size_t i = 0; i < a->n_sites; i++) strcpy(a->sites[i].name, cfg->sites[i]);
+    for (size_t i = 0; i < a->n_sites; i++) {
+        strcpy(a->sites[i].name, cfg->sites[i]);
+        a->sites[i].sa_index = -1;
+    }
+    /* attempt ids differ across restarts, so a site still in an attempt of
+     * an earlier run of this aggregator is told it is over */
+    a->sa_attempt = randombytes_uniform(1u << 30);
 
     if ((st = fs_mkdir_p(a->state_dir)) != FS_OK || (st = fs_mkdir_p(a->spool_dir)) != FS_OK) goto fail;
     clean_tmp(a);
@@ -1255,6 +1610,11 @@ fail:
 
 void fs_round_free(fs_round *a)
 {
+    if (a) {
+        sa_end(a);
+        free(a->sa_sum);
+        a->sa_sum = NULL;
+    }
     if (!a) return;
     fs_journal_close(&a->journal);
     for (fs_round_upload *u = a->uploads, *next; u; u = next) {
@@ -1346,6 +1706,29 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
         task->action = FS_TASK_FINISHED;
         task->round = a->completed;
         task->retry_after_ms = 0;
+    } else if (a->cfg.secure_agg) {
+        /* a site joins an attempt only while its keys are being collected */
+        task->action = FS_TASK_WAIT;
+        if (a->open && !a->closing && a->sa && a->sa_stage == 0 && s->sa_index >= 0 &&
+            !fs_secagg_server_has(a->sa, FS_SECAGG_ADVERTISED, (uint32_t)s->sa_index)) {
+            task->action = FS_TASK_TRAIN;
+            task->local_epochs = a->cfg.local_epochs;
+            task->steps_per_epoch = a->cfg.steps_per_epoch;
+            task->lr = a->cfg.lr;
+            task->prox_mu = a->cfg.prox_mu;
+            double left = ceil(a->deadline - now);
+            task->seconds_left = left <= 0 ? 0 : left > 4e9 ? 4000000000u : (uint32_t)left;
+            task->retry_after_ms = 0;
+            task->secure_agg = 1;
+            task->secagg_attempt = a->sa_attempt;
+            task->secagg_index = (uint32_t)s->sa_index;
+            task->secagg_sites = a->sap.n_sites;
+            task->secagg_threshold = a->sap.threshold;
+            task->secagg_neighbours = a->sap.neighbours;
+            memcpy(task->secagg_round_seed, a->sap.round_seed, sizeof task->secagg_round_seed);
+            task->secagg_clip = a->cfg.secagg_clip;
+            task->secagg_weight_cap = a->sa_wcap;
+        }
     } else if (a->open && !a->closing && s->selected && !s->submitted && !s->uploading) {
         task->action = FS_TASK_TRAIN;
         task->local_epochs = a->cfg.local_epochs;
@@ -1418,10 +1801,29 @@ fs_status fs_round_update_begin(fs_round *a, const char *identity, const fs_wire
     if (s->uploading)
         return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                       "another upload of this site for round %u is in progress", r);
-    if (hdr->num_params != a->P)
+    if (a->cfg.secure_agg) {
+        if (!hdr->masked)
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "this federation takes masked updates only (secure aggregation)");
+        if (!a->sa || hdr->secagg_attempt != a->sa_attempt || s->sa_index < 0)
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "masked update for attempt %u: not the attempt in progress", hdr->secagg_attempt);
+        uint32_t idx = (uint32_t)s->sa_index;
+        if (a->sa_stage != 2 || !fs_secagg_server_has(a->sa, FS_SECAGG_SHARED, idx))
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "masked update for round %u: this site is not in the masked-input stage", r);
+        if (hdr->num_params != (uint64_t)a->P + 1)
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "num_params %llu differs from the masked vector's %zu",
+                          (unsigned long long)hdr->num_params, a->P + 1);
+    } else if (hdr->masked) {
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "a masked update, but this federation does not use secure aggregation");
+    } else if (hdr->num_params != a->P) {
         return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                       "num_params %llu differs from the model's %zu",
                       (unsigned long long)hdr->num_params, a->P);
+    }
     if (hdr->num_samples == 0 || hdr->num_samples > FS_WIRE_MAX_SAMPLES)
         return refuse(FS_ERR_FORMAT, identity, why, whylen, "num_samples %llu out of range",
                       (unsigned long long)hdr->num_samples);
@@ -1479,12 +1881,13 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "chunk at parameter %llu, expected %llu (chunks must be contiguous and "
                             "in order)", (unsigned long long)offset, (unsigned long long)u->received);
-    if (len / 4 > a->P - u->received)
+    size_t words = a->P + (u->hdr.masked ? 1 : 0); /* a masked vector carries its weight too */
+    if (len / 4 > words - u->received)
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "stream larger than the announced %zu parameters (chunk ends at %llu)",
-                            a->P, (unsigned long long)(offset + len / 4));
+                            words, (unsigned long long)(offset + len / 4));
     size_t bad;
-    if (fs_wire_check_finite(data, len, &bad) != FS_OK)
+    if (!u->hdr.masked && fs_wire_check_finite(data, len, &bad) != FS_OK)
         return chunk_refuse(a, u, FS_ERR_NUMERIC, why, whylen, "parameter %llu is NaN or Inf",
                             (unsigned long long)(offset + bad));
     int err = write_all(u->fd, data, len);
@@ -1542,7 +1945,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
                           (unsigned long long)u->received, a->P);
         goto out;
     }
-    if (u->received != a->P) {
+    if (u->received != a->P + (u->hdr.masked ? 1 : 0)) {
         st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen, "the stream ended after %llu of %zu parameters",
                           (unsigned long long)u->received, a->P);
         goto out;
@@ -1577,6 +1980,40 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
         goto out;
     }
     CRASH_POINT(a, FS_CRASH_AFTER_SPOOL);
+
+    if (u->hdr.masked) {
+        /* Secure aggregation: no journal (a secure round is never resumed
+         * mid-round); the masked vector goes into the running uint32 sum. */
+        double up_s = now - u->t_begin;
+        s->crc = u->crc;
+        if (sa_fold_spool(a, u->site) != FS_OK ||
+            fs_secagg_server_masked_received(a->sa, (uint32_t)s->sa_index) != FS_OK) {
+            unlink_upload(a, u);
+            s->uploading = 0;
+            free(u);
+            sa_restart(a, "a masked update could not be added to the sum");
+            if (why && whylen) snprintf(why, whylen, "the aggregator could not add the masked update");
+            return FS_ERR_IO;
+        }
+        s->uploading = 0;
+        s->submitted = 1;
+        s->n = 1; /* the weight travels masked: counts are not known here */
+        s->loss = u->hdr.train_loss;
+        s->dice[0] = u->hdr.global_dice_wt;
+        s->dice[1] = u->hdr.global_dice_tc;
+        s->dice[2] = u->hdr.global_dice_et;
+        s->train_s = u->hdr.train_seconds;
+        s->upload_s = up_s;
+        s->bytes_recv = ((uint64_t)a->P + 1) * 4u;
+        a->order[a->n_accepted++] = u->site;
+        fs_log_info("site %s: masked update for round %u accepted (%llu bytes, %.1f s upload)", s->name,
+                    u->round, (unsigned long long)s->bytes_recv, up_s);
+        if (why && whylen) why[0] = 0;
+        unlink_upload(a, u);
+        free(u);
+        sa_tick(a, now);
+        return FS_OK;
+    }
 
     double upload_s = now - u->t_begin;
     uint64_t bytes = (uint64_t)a->P * 4u;

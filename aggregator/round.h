@@ -74,6 +74,7 @@
 #include <stdint.h>
 #include "common/ckpt.h"
 #include "common/dp.h"
+#include "common/secagg.h"
 #include "common/wire.h"
 #include "kernels/status.h"
 
@@ -104,6 +105,24 @@ typedef struct {
      * past dp.epsilon_budget is not started (the federation finishes).
      * sites, sample_rate and dim are filled in by fs_round_open. */
     fs_dp_params dp;
+    /* Secure aggregation (common/secagg.h; docs/security.md). With
+     * secure_agg set every round runs the masking protocol among its
+     * selected sites (at least 3: min_sites must be ≥ 3): the stages
+     * advertise and share keys (each waits up to secagg_stage_s), masked
+     * uploads until the round's deadline, unmasking (secagg_stage_s). The
+     * aggregator only ever holds the running uint32 sum of masked vectors
+     * and learns Σ w·clip(delta) and Σ w (w = samples / weight cap): the
+     * FedAvg mean. Too few sites at any stage abandon the attempt (logged;
+     * the model is unchanged) and the round starts again with fresh keys.
+     * Secure rounds are not resumed mid-round: after a crash the open round
+     * starts a new attempt (no accepted update is kept). */
+    int secure_agg;
+    uint32_t secagg_threshold;  /* t; 0 = ⌊2n/3⌋ + 1 (at least 2, at most k) */
+    uint32_t secagg_neighbours; /* k; 0 = n − 1 (full SecAgg), else even      */
+    double secagg_clip;         /* L2 clip C before quantisation (> 0)       */
+    uint64_t secagg_weight_cap; /* public cap on a site's sample count; 0 = the
+                                 * largest count the selected sites joined with */
+    double secagg_stage_s;      /* seconds a key or unmasking stage waits   */
 } fs_round_config;
 
 typedef struct fs_round fs_round;
@@ -162,6 +181,17 @@ fs_status fs_round_update_chunk(fs_round *agg, fs_round_upload *up, uint64_t off
                                 const uint8_t *data, size_t len, char *why, size_t whylen);
 fs_status fs_round_update_end(fs_round *agg, fs_round_upload *up, int failed, double now, char *why,
                               size_t whylen);
+
+/* SecAgg: one step of the secure-aggregation protocol for the site
+ * `identity` (docs/protocol.md § Secure aggregation). Fills reply (status
+ * OK / WAIT / ABANDONED, the server's payload for GET stages — *payload is
+ * then a malloc'ed buffer the caller frees with fs_secagg_msg_free, else
+ * NULL). Returns FS_OK when a reply was made; a refusal (not on the list,
+ * not in this attempt, a message the protocol refuses) returns its status
+ * with the reason in why, like the update calls. */
+fs_status fs_round_secagg(fs_round *agg, const char *identity, const fs_wire_secagg_request *req,
+                          double now, fs_wire_secagg_reply *reply, uint8_t **payload, char *why,
+                          size_t whylen);
 
 /* Advances the clock: opens a round when enough sites are active, closes or
  * extends one at its deadline. Returns FS_OK, or FS_ERR_IO when the state

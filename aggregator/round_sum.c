@@ -172,6 +172,16 @@ fs_status fs_round_sum_fold(fs_round_sum *s, size_t off, const float *chunk, siz
 
 fs_status fs_round_sum_add_weight(fs_round_sum *s, double w) { return fs_fedavg_add_weight(&s->acc, w); }
 
+fs_status fs_round_sum_set(fs_round_sum *s, const float *host, double weight)
+{
+    if (!s->sum || !host || !(weight > 0) || !isfinite(weight)) return FS_ERR_ARG;
+    if (host != s->sum) memcpy(s->sum, host, s->acc.n * sizeof(float));
+    dev_sum *d = find_dev(s);
+    if (d) FS_TRY(g_be->upload(g_ctx, d->d_sum, s->sum, s->acc.n * sizeof(float)));
+    s->acc.weight = weight;
+    return FS_OK;
+}
+
 fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, uint64_t stream,
                                  double denominator)
 {

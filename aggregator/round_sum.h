@@ -41,6 +41,10 @@ fs_status fs_round_sum_add_weight(fs_round_sum *s, double w);
  * a negative stddev or a denominator that is not > 0. */
 fs_status fs_round_sum_privatise(fs_round_sum *s, double stddev, uint64_t seed, uint64_t stream,
                                  double denominator);
+/* Replaces the sum by host[0..n) (on the GPU: uploads it) and Σ w by
+ * weight > 0: how an average computed elsewhere (secure aggregation's
+ * unmasked mean, weight 1) enters fs_round_sum_apply. host may be s->sum. */
+fs_status fs_round_sum_set(fs_round_sum *s, const float *host, double weight);
 /* out[i] = model[i] + sum[i] / Σ w, element by element, so out may alias
  * model or the sum itself (the sum is then consumed: reset it before folding
  * again). FS_ERR_ARG when no weight was added. */

@@ -195,13 +195,35 @@ static void on_task(fs_server *s, const char *identity, const uint8_t *req, size
     if (st != FS_OK) set_reply(out, FS_RPC_INTERNAL, "cannot encode the Task");
 }
 
+/* SecAgg: one step of the secure-aggregation protocol (round.h). */
+static void on_secagg(fs_server *s, const char *identity, const uint8_t *req, size_t len,
+                      fs_rpc_reply *out)
+{
+    fs_wire_secagg_request rq;
+    char why[FS_WIRE_REASON_LEN] = "";
+    fs_status st = fs_wire_decode_secagg_request(req, len, &rq, why, sizeof why);
+    if (st != FS_OK) return refuse_decode(out, identity, "SecAgg", st, why);
+    double now = now_s();
+    fs_wire_secagg_reply rep;
+    uint8_t *payload = NULL;
+    st = fs_round_secagg(s->agg, identity, &rq, now, &rep, &payload, why, sizeof why);
+    progress(s, now);
+    if (st != FS_OK) return set_reply(out, round_code(st), why);
+    st = fs_wire_encode_secagg_reply(&rep, &out->msg, &out->len);
+    fs_secagg_msg_free(payload, rep.len);
+    if (st != FS_OK) set_reply(out, FS_RPC_INTERNAL, "cannot encode the SecAggReply");
+}
+
 static void h_unary(void *u, int method, const char *identity, const uint8_t *req, size_t len,
                     fs_rpc_reply *out)
 {
     fs_server *s = u;
-    if (refuse_anonymous(out, identity, method == FS_M_JOIN ? "Join" : "GetTask")) return;
+    if (refuse_anonymous(out, identity,
+                         method == FS_M_JOIN ? "Join" : method == FS_M_SECAGG ? "SecAgg" : "GetTask"))
+        return;
     if (method == FS_M_JOIN) return on_join(s, identity, req, len, out);
     if (method == FS_M_GET_TASK) return on_task(s, identity, req, len, out);
+    if (method == FS_M_SECAGG) return on_secagg(s, identity, req, len, out);
     set_reply(out, FS_RPC_INVALID_ARGUMENT, "not a unary method");
 }
 

@@ -40,7 +40,9 @@ static const char *const agg_keys[] = {
     "listen", "ca", "cert", "key", "sites", "rounds", "min_sites", "fraction", "round_deadline_s",
     "join_wait_s", "site_timeout_s", "local_epochs", "steps_per_epoch", "model", "lr", "prox_mu",
     "state_dir", "metrics", "seed", "init", "device", "linger_s", "poll_ms", "port_file",
-    "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", NULL};
+    "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "secure_agg",
+    "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_weight_cap", "secagg_stage_s",
+    NULL};
 
 static void agg_help(FILE *f)
 {
@@ -95,7 +97,16 @@ static void agg_help(FILE *f)
         "  dp_noise_multiplier = Z    noise standard deviation on the sum = Z*C (default 1)\n"
         "  dp_delta = D               the delta of the reported (epsilon, delta) (default 1e-5)\n"
         "  dp_epsilon = E             privacy budget: a round that would take epsilon past E is not\n"
-        "                             run, the federation finishes (default 0 = report only)\n\n"
+        "                             run, the federation finishes (default 0 = report only)\n"
+        "  secure_agg = true|false    secure aggregation (docs/security.md): the aggregator sees only\n"
+        "                             masked updates and learns their sum; needs min_sites >= 3\n"
+        "                             (default false)\n"
+        "  secagg_threshold = T       sites needed to unmask (default floor(2n/3)+1 of the n selected)\n"
+        "  secagg_neighbours = K      SecAgg+ neighbours per site, even (default n-1: full SecAgg)\n"
+        "  secagg_clip = C            L2 clip of an update before quantisation (default 10)\n"
+        "  secagg_weight_cap = W      public cap on a site's sample count (default: the largest\n"
+        "                             count the selected sites joined with)\n"
+        "  secagg_stage_s = S         seconds each key and unmasking stage waits (default 60)\n\n"
         "Options:\n"
         "  --config FILE              the config file\n"
         "  -v, --verbose              more log lines (repeat for debug)\n"
@@ -291,6 +302,9 @@ int fs_cmd_aggregator(int argc, char **argv)
     long long rounds, min_sites, local_epochs, steps, seed, poll_ms;
     double fraction, deadline, join_wait, site_timeout, lr, mu, linger;
     const char *dp_mode;
+    int secure_agg;
+    long long sa_t, sa_k, sa_wcap;
+    double sa_clip, sa_stage;
     fs_dp_params dp;
     fs_dp_params_default(&dp);
     if (fs_config_get_list(l.cfg, "sites", NULL, &sites, &nsites) != FS_OK) goto done;
@@ -322,7 +336,13 @@ int fs_cmd_aggregator(int argc, char **argv)
         fs_config_get_float(l.cfg, "dp_noise_multiplier", dp.noise_multiplier, 0, 1e6,
                             &dp.noise_multiplier) != FS_OK ||
         fs_config_get_float(l.cfg, "dp_delta", dp.delta, 1e-300, 0.999999, &dp.delta) != FS_OK ||
-        fs_config_get_float(l.cfg, "dp_epsilon", 0, 0, 1e6, &dp.epsilon_budget) != FS_OK)
+        fs_config_get_float(l.cfg, "dp_epsilon", 0, 0, 1e6, &dp.epsilon_budget) != FS_OK ||
+        fs_config_get_bool(l.cfg, "secure_agg", 0, &secure_agg) != FS_OK ||
+        fs_config_get_int(l.cfg, "secagg_threshold", 0, 0, 255, &sa_t) != FS_OK ||
+        fs_config_get_int(l.cfg, "secagg_neighbours", 0, 0, 254, &sa_k) != FS_OK ||
+        fs_config_get_float(l.cfg, "secagg_clip", 10, 1e-9, 1e6, &sa_clip) != FS_OK ||
+        fs_config_get_int(l.cfg, "secagg_weight_cap", 0, 0, (long long)FS_WIRE_MAX_SAMPLES, &sa_wcap) != FS_OK ||
+        fs_config_get_float(l.cfg, "secagg_stage_s", 60, 1e-3, 1e9, &sa_stage) != FS_OK)
         goto done_sites;
     if (!strcmp(dp_mode, "central")) {
         dp.mode = FS_DP_CENTRAL;
@@ -370,7 +390,10 @@ int fs_cmd_aggregator(int argc, char **argv)
         .join_wait_s = join_wait, .site_timeout_s = site_timeout,
         .local_epochs = (uint32_t)local_epochs, .steps_per_epoch = (uint32_t)steps,
         .lr = (float)lr, .prox_mu = (float)mu, .poll_ms = (uint32_t)poll_ms,
-        .state_dir = state_dir, .metrics_path = metrics, .seed = (uint64_t)seed, .dp = dp};
+        .state_dir = state_dir, .metrics_path = metrics, .seed = (uint64_t)seed, .dp = dp,
+        .secure_agg = secure_agg, .secagg_threshold = (uint32_t)sa_t,
+        .secagg_neighbours = (uint32_t)sa_k, .secagg_clip = sa_clip,
+        .secagg_weight_cap = (uint64_t)sa_wcap, .secagg_stage_s = sa_stage};
     snprintf(sc.round.model.preset, sizeof sc.round.model.preset, "%s", pre->name);
     sc.round.model.base = (uint32_t)pre->base;
     sc.round.model.depth = (uint32_t)pre->depth;

@@ -29,7 +29,8 @@ static void on_signal(int sig)
 
 static const char *const node_keys[] = {"aggregator", "server_name", "ca", "cert", "key", "site", "data",
                                         "device", "state_dir", "model", "batch", "threads", "seed",
-                                        "rpc_timeout_s", "backoff_max_s", NULL};
+                                        "rpc_timeout_s", "backoff_max_s", "secagg_drop_stage",
+                                        "secagg_drop_round", NULL};
 
 /* The provisioned node.conf's placeholder for `data`. */
 #define DATA_PLACEHOLDER "/path/to/this/site/data"
@@ -63,7 +64,11 @@ static void node_help(FILE *f)
         "  rpc_timeout_s = S         timeout of a request; model transfers get this plus 4 us per\n"
         "                            byte (default 10)\n"
         "  backoff_max_s = S         longest wait between retries; waits start at 0.5 s and\n"
-        "                            double (default 30)\n\n"
+        "                            double (default 30)\n"
+        "  secagg_drop_stage = STAGE to demonstrate secure aggregation's dropout recovery: leave\n"
+        "                            the protocol silently in round secagg_drop_round at STAGE:\n"
+        "                            advertise, shares, masked or unmask (default none)\n"
+        "  secagg_drop_round = R     the round of that dropout (default 1)\n\n"
         "options (override the file):\n"
         "  --config FILE             the node config\n"
         "  --data DIR[,DIR...]       data = DIR\n"
@@ -160,6 +165,17 @@ static int build_config(fs_config *cfg, node_args *a, fs_node_config *o)
     o->rpc_timeout_ms = (int)(d * 1000);
     if (fs_config_get_float(cfg, "backoff_max_s", 30, 0.5, 86400, &d) != FS_OK) return 0;
     o->backoff_max_s = d;
+    if (fs_config_get_str(cfg, "secagg_drop_stage", "none", &s) != FS_OK) return 0;
+    static const char *const stages[] = {"advertise", "shares", "masked", "unmask"};
+    o->secagg_drop_stage = -1;
+    for (int k = 0; k < 4; k++)
+        if (!strcmp(s, stages[k])) o->secagg_drop_stage = k;
+    if (o->secagg_drop_stage < 0 && strcmp(s, "none") != 0) {
+        fs_log_error("node: secagg_drop_stage = %s: expected none, advertise, shares, masked or unmask", s);
+        return 0;
+    }
+    if (fs_config_get_int(cfg, "secagg_drop_round", 1, 1, 1000000, &v) != FS_OK) return 0;
+    o->secagg_drop_round = (uint32_t)v;
 
     char **items = NULL;
     size_t n = 0;

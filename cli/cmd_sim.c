@@ -75,6 +75,8 @@ typedef struct {
     double deadline, lr, voxel_scale;
     double dp_clip, dp_noise, dp_epsilon, dp_delta; /* dp_clip > 0: DP on */
     int dp_noise_given;
+    int secure_agg, sa_threshold, sa_neighbours, drop, drop_round;
+    const char *drop_stage;
     long long seed;
     const char *model, *data, *out, *device, *cases;
 } sim_opts;
@@ -127,6 +129,13 @@ static void sim_help(FILE *f)
         "  --dp-epsilon E       privacy budget at --dp-delta; without --dp-noise the smallest Z\n"
         "                       that keeps all R rounds within E is computed\n"
         "  --dp-delta D         delta of the reported (epsilon, delta) (default 1e-5)\n"
+        "  --secure-agg         secure aggregation: the aggregator sees only masked updates and\n"
+        "                       learns their sum (docs/security.md); needs 3 or more sites\n"
+        "  --secagg-threshold T sites needed to unmask (default floor(2n/3)+1)\n"
+        "  --secagg-neighbours K  SecAgg+ neighbours per site, even (default n-1: full SecAgg)\n"
+        "  --drop K             with --secure-agg: the last K sites leave the protocol silently in\n"
+        "                       round --drop-round (default 2) at --drop-stage STAGE: advertise,\n"
+        "                       shares, masked or unmask (default masked), to show the recovery\n"
         "  -h, --help           this help\n\n"
         "example: fedseg sim --sites 3 --rounds 15 --local-epochs 2 --out run/sim\n",
         GRACE_S);
@@ -159,6 +168,9 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"cases-per-site", required_argument, 0, 'c'}, {"voxel-scale", required_argument, 0, 'x'},
         {"dp-clip", required_argument, 0, 'C'}, {"dp-noise", required_argument, 0, 'Z'},
         {"dp-epsilon", required_argument, 0, 'E'}, {"dp-delta", required_argument, 0, 'Q'},
+        {"secure-agg", no_argument, 0, 'A'}, {"secagg-threshold", required_argument, 0, 'T'},
+        {"secagg-neighbours", required_argument, 0, 'K'}, {"drop", required_argument, 0, 'X'},
+        {"drop-stage", required_argument, 0, 'G'}, {"drop-round", required_argument, 0, 'R'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->nsites = 3;
@@ -168,6 +180,8 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     o->lr = 1e-3;
     o->voxel_scale = 1;
     o->dp_delta = 1e-5;
+    o->drop_round = 2;
+    o->drop_stage = "masked";
     o->seed = 1;
     o->model = "tiny";
     o->device = "auto";
@@ -195,6 +209,16 @@ static int parse_args(int argc, char **argv, sim_opts *o)
             break;
         case 'E': ok = fs_arg_double(optarg, 1e-6, 1e6, &o->dp_epsilon); break;
         case 'Q': ok = fs_arg_double(optarg, 1e-300, 0.999999, &o->dp_delta); break;
+        case 'A': o->secure_agg = 1; break;
+        case 'T': ok = fs_arg_ll(optarg, 2, 255, &v); o->sa_threshold = (int)v; break;
+        case 'K': ok = fs_arg_ll(optarg, 2, 254, &v); o->sa_neighbours = (int)v; break;
+        case 'X': ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->drop = (int)v; break;
+        case 'R': ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
+        case 'G':
+            o->drop_stage = optarg;
+            ok = !strcmp(optarg, "advertise") || !strcmp(optarg, "shares") || !strcmp(optarg, "masked") ||
+                 !strcmp(optarg, "unmask");
+            break;
         case 'm': o->model = optarg; ok = fs_preset_find(optarg) != NULL; break;
         case 'd': o->data = optarg; break;
         case 'o': o->out = optarg; break;
@@ -218,6 +242,15 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     }
     if (o->data && (o->cases || o->voxel_scale != 1)) {
         fprintf(stderr, "fedseg sim: --cases-per-site and --voxel-scale shape synthesized data; not with --data\n");
+        return 2;
+    }
+    if (o->drop && !o->secure_agg) {
+        fprintf(stderr, "fedseg sim: --drop shows secure aggregation's recovery: it needs --secure-agg\n");
+        return 2;
+    }
+    if (o->secure_agg && o->dp_clip) {
+        fprintf(stderr, "fedseg sim: --secure-agg and --dp-* together are not available (the aggregator "
+                        "adds DP noise in plain mode only)\n");
         return 2;
     }
     if (!o->dp_clip && (o->dp_noise_given || o->dp_epsilon)) {
@@ -385,7 +418,8 @@ static fs_status write_agg_config(sim *s)
         "# the simulation stops the aggregator once every node has the final model\n"
         "linger_s = 120\n"
         "poll_ms = 250\n",
-        sites, o->rounds, o->min_sites ? o->min_sites : (s->n < 2 ? s->n : 2), o->deadline, o->local_epochs,
+        sites, o->rounds, o->min_sites ? o->min_sites : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2), o->deadline,
+        o->local_epochs,
         o->steps, o->model, o->lr, o->seed, o->device);
     if (len > 0 && len < (int)sizeof text && o->dp_clip > 0)
         len += snprintf(text + len, sizeof text - (size_t)len,
@@ -396,6 +430,18 @@ static fs_status write_agg_config(sim *s)
                         "dp_delta = %.9g\n"
                         "dp_epsilon = %.9g\n",
                         o->dp_clip, o->dp_noise, o->dp_delta, o->dp_epsilon);
+    if (len > 0 && len < (int)sizeof text && o->secure_agg) {
+        len += snprintf(text + len, sizeof text - (size_t)len,
+                        "# secure aggregation (--secure-agg)\n"
+                        "secure_agg = true\n"
+                        "# each key or unmasking stage waits up to a quarter of the round deadline\n"
+                        "secagg_stage_s = %g\n",
+                        o->deadline / 4 < 1 ? 1 : o->deadline / 4 > 60 ? 60 : o->deadline / 4);
+        if (len < (int)sizeof text && o->sa_threshold)
+            len += snprintf(text + len, sizeof text - (size_t)len, "secagg_threshold = %d\n", o->sa_threshold);
+        if (len < (int)sizeof text && o->sa_neighbours)
+            len += snprintf(text + len, sizeof text - (size_t)len, "secagg_neighbours = %d\n", o->sa_neighbours);
+    }
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
     snprintf(path, sizeof path, "%s/config/aggregator.conf", s->run);
     return write_file(path, text);
@@ -426,6 +472,12 @@ static fs_status write_node_config(sim *s, int i, int port)
         "backoff_max_s = 5\n",
         nm, port, nm, nm, nm, nm, nm, nm, s->data[i], o->device, o->model, s->threads,
         o->seed + i + 1, batch, nm);
+    if (len > 0 && len < (int)sizeof text && o->drop && i >= s->n - o->drop)
+        len += snprintf(text + len, sizeof text - (size_t)len,
+                        "# --drop: this site leaves secure aggregation once, to show the recovery\n"
+                        "secagg_drop_stage = %s\n"
+                        "secagg_drop_round = %d\n",
+                        o->drop_stage, o->drop_round);
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
     snprintf(path, sizeof path, "%s/config/%s.conf", s->run, nm);
     return write_file(path, text);
@@ -776,6 +828,15 @@ int fs_cmd_sim(int argc, char **argv)
     }
     memcpy(s.run, abs_run, strlen(abs_run) + 1);
     if (prepare_data(&s) != FS_OK) return 1;
+    if (o.secure_agg && (s.n < 3 || (o.min_sites && o.min_sites < 3))) {
+        fs_log_error("--secure-agg needs 3 or more sites in every round (%d site(s), --min-sites %d)", s.n,
+                     o.min_sites);
+        return 1;
+    }
+    if (o.drop > s.n) {
+        fs_log_error("--drop %d: only %d site(s)", o.drop, s.n);
+        return 1;
+    }
     if (provision(&s) != FS_OK) {
         fs_log_error("cannot provision the consortium in %s/consortium", o.out);
         return 1;
@@ -820,6 +881,9 @@ int fs_cmd_sim(int argc, char **argv)
         goto out;
     }
     printf("the aggregator listens on 127.0.0.1:%d (mutual TLS)\n", port);
+    if (o.secure_agg)
+        printf("secure aggregation: the aggregator sees only masked updates%s\n",
+               o.drop ? "; some sites will drop out once (--drop) to show the recovery" : "");
     if (o.dp_clip > 0) {
         char budget[64] = "";
         if (o.dp_epsilon > 0) snprintf(budget, sizeof budget, ", budget epsilon %g", o.dp_epsilon);

@@ -18,11 +18,13 @@
 #include "common/fsutil.h"
 #include "common/dp.h"
 #include "common/log.h"
+#include "common/secagg.h"
 #include "common/rng.h"
 #include "common/transport.h"
 #include "common/wire.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +63,9 @@ typedef struct {
     int unary_ms;
     long transfer_ms;
     fs_rpc_code rpc;          /* status of the last refused call */
+    uint32_t *qbuf;           /* secure aggregation: the masked vector (P + 1 words) */
+    int dropped;              /* the configured secure-aggregation dropout happened */
+    uint32_t drop_attempt;    /* ... in this attempt, which the site then stays out of */
     char why[FS_WIRE_REASON_LEN + 64];
     fs_node_report rep;
 } node;
@@ -136,6 +141,8 @@ static fs_status open_session(node *n, const char *preset)
     n->ses = NULL;
     free(n->wg);
     free(n->delta);
+    free(n->qbuf);
+    n->qbuf = NULL;
     n->wg = n->delta = NULL;
     FS_TRY(fs_session_open(&n->ses, c->data, c->ndata, preset, c->device ? c->device : "auto", c->batch,
                            c->seed, c->threads));
@@ -318,8 +325,8 @@ static fs_status download(node *n, uint32_t round, uint32_t want_crc, uint64_t *
 /* ---- PushUpdate ---------------------------------------------------------- */
 
 typedef struct {
-    const float *delta;
-    size_t P;
+    const void *data;         /* little-endian 4-byte words (fp32 or masked uint32) */
+    size_t P;                 /* words */
     uint64_t off;
     const fs_wire_update_header *hdr;
     uint64_t bytes;
@@ -338,7 +345,7 @@ static int up_next(void *u, uint8_t **msg, size_t *len)
     c.has_header = s->off == 0;
     if (c.has_header) c.header = *s->hdr;
     c.offset = s->off;
-    c.data = (const uint8_t *)(s->delta + s->off);
+    c.data = (const uint8_t *)s->data + 4 * s->off;
     c.len = cnt * 4;
     if (fs_wire_encode_update_chunk(&c, msg, len) != FS_OK) return -1;
     s->off += cnt;
@@ -346,10 +353,11 @@ static int up_next(void *u, uint8_t **msg, size_t *len)
     return 1;
 }
 
-/* Streams n->delta with header n->pend_hdr. FS_OK = accepted. */
-static fs_status push(node *n, uint64_t *bytes)
+/* Streams the W words at data with header hdr. FS_OK = accepted. */
+static fs_status push_words(node *n, const void *data, size_t W, const fs_wire_update_header *hdr,
+                            uint64_t *bytes)
 {
-    up_state s = {n->delta, n->P, 0, &n->pend_hdr, 0, n->stop};
+    up_state s = {data, W, 0, hdr, 0, n->stop};
     uint8_t *rep = NULL;
     size_t rlen = 0;
     fs_call_result r;
@@ -377,6 +385,12 @@ static fs_status push(node *n, uint64_t *bytes)
     return FS_OK;
 }
 
+/* Streams n->delta with header n->pend_hdr. FS_OK = accepted. */
+static fs_status push(node *n, uint64_t *bytes)
+{
+    return push_words(n, n->delta, n->P, &n->pend_hdr, bytes);
+}
+
 /* ---- rounds -------------------------------------------------------------- */
 
 /* Atomically checkpoints n->wg (the global model after `completed` rounds)
@@ -401,8 +415,223 @@ static void save_global(node *n, const char *name, uint32_t completed)
 
 /* TRAIN(t->round): download, evaluate, train, form the delta, push it (or
  * re-push a pending update of the same round and model). */
+/* Downloads the global model of round t->round, evaluates it (dice), trains
+ * locally and leaves delta = w_local − w_global in n->delta. */
+static fs_status local_train(node *n, const fs_wire_task *t, double *loss, double dice[3], double *ts,
+                             uint64_t *recv)
+{
+    uint32_t r = t->round;
+    FS_TRY(download(n, r, t->model_crc32, recv));
+    save_global(n, "global.ckpt", r - 1);
+    FS_TRY(fs_session_set_params(n->ses, n->wg));
+    FS_TRY(fs_session_eval(n->ses, dice));
+    fs_session_seed(n->ses, fs_node_round_seed(n->cfg->seed, r));
+    double t0 = now_s();
+    FS_TRY(fs_session_train(n->ses, (int)t->local_epochs, (int)t->steps_per_epoch, t->lr, t->prox_mu,
+                            loss));
+    *ts = now_s() - t0;
+    if (*n->stop) return FS_OK;
+    FS_TRY(fs_session_get_params(n->ses, n->delta));
+    for (size_t i = 0; i < n->P; i++) n->delta[i] -= n->wg[i];
+    return FS_OK;
+}
+
+/* ---- secure aggregation ---------------------------------------------------- */
+
+/* One SecAgg call; on FS_OK *rep is the decoded reply, its payload inside
+ * *raw (the caller frees *raw). Refusals and transport failures as for the
+ * other calls (n->why). */
+static fs_status secagg_call(node *n, const fs_wire_task *t, fs_secagg_stage stage,
+                             const uint8_t *payload, size_t plen, fs_wire_secagg_reply *rep,
+                             uint8_t **raw)
+{
+    fs_wire_secagg_request rq = {FS_PROTOCOL_VERSION, t->round, t->secagg_attempt, stage, payload, plen};
+    uint8_t *msg = NULL;
+    size_t len = 0, rlen = 0;
+    *raw = NULL;
+    FS_TRY(fs_wire_encode_secagg_request(&rq, &msg, &len));
+    fs_call_result r;
+    fs_status st = fs_tclient_unary(n->cl, fs_federation_methods[FS_M_SECAGG].path, msg, len, raw, &rlen,
+                                    n->unary_ms, &r);
+    free(msg);
+    if (st != FS_OK) {
+        free(*raw);
+        *raw = NULL;
+        note_call(n, &r);
+        return st;
+    }
+    char why[256] = "";
+    st = fs_wire_decode_secagg_reply(*raw, rlen, rep, why, sizeof why);
+    if (st != FS_OK) {
+        free(*raw);
+        *raw = NULL;
+        snprintf(n->why, sizeof n->why, "malformed SecAggReply: %s", why);
+        return FS_ERR_IO;
+    }
+    return FS_OK;
+}
+
+/* A stage step: sends the message (or asks for the server's), asking again
+ * while told WAIT, until the round's deadline (plus a minute). FS_OK with an
+ * OK reply; FS_ERR_ABANDONED when the attempt is over for this site. */
+static fs_status secagg_step(node *n, const fs_wire_task *t, fs_secagg_stage stage,
+                             const uint8_t *payload, size_t plen, fs_wire_secagg_reply *rep,
+                             uint8_t **raw)
+{
+    double give_up = now_s() + (double)t->seconds_left + 60.0;
+    for (;;) {
+        if (*n->stop) return FS_ERR_ABANDONED;
+        FS_TRY(secagg_call(n, t, stage, payload, plen, rep, raw));
+        if (rep->status == FS_SA_OK) return FS_OK;
+        free(*raw);
+        *raw = NULL;
+        if (rep->status == FS_SA_ABANDONED) {
+            fs_log_warn("round %u: secure aggregation over for this site: %s", t->round,
+                        rep->reason[0] ? rep->reason : "(no reason)");
+            return FS_ERR_ABANDONED;
+        }
+        if (now_s() > give_up) {
+            fs_log_warn("round %u: secure aggregation stage %d did not end by the deadline", t->round,
+                        (int)stage);
+            return FS_ERR_ABANDONED;
+        }
+        nap(n, (rep->retry_after_ms ? rep->retry_after_ms : 250) / 1000.0);
+    }
+}
+
+/* The configured dropout (fs_node_config.secagg_drop_*) at this stage? */
+static int drop_here(node *n, const fs_wire_task *t, int stage)
+{
+    if (n->dropped || n->cfg->secagg_drop_stage != stage || t->round != n->cfg->secagg_drop_round)
+        return 0;
+    static const char *const names[] = {"before advertising its keys", "before sending its shares",
+                                         "before sending its masked update",
+                                         "before answering the unmasking request"};
+    fs_log_warn("round %u: leaving secure aggregation %s (configured dropout)", t->round, names[stage]);
+    n->dropped = 1;
+    n->drop_attempt = t->secagg_attempt;
+    return 1;
+}
+
+/* A securely aggregated round (client.h). */
+static fs_status train_round_secure(node *n, const fs_wire_task *t)
+{
+    uint32_t r = t->round;
+    if (t->num_params && t->num_params != n->P) {
+        snprintf(n->why, sizeof n->why, "the task is for a model of %llu parameters, this site's has %zu",
+                 (unsigned long long)t->num_params, n->P);
+        n->joined = 0;
+        return FS_ERR_MISMATCH;
+    }
+    n->pending = 0;
+    if (n->dropped && r == n->cfg->secagg_drop_round && t->secagg_attempt == n->drop_attempt) {
+        nap(n, 0.5); /* stays out of the attempt it left (a dropped site) */
+        return FS_OK;
+    }
+    fs_secagg_params p;
+    memset(&p, 0, sizeof p);
+    p.round = r;
+    p.n_sites = t->secagg_sites;
+    p.threshold = t->secagg_threshold;
+    p.neighbours = t->secagg_neighbours;
+    p.n_words = (uint64_t)n->P + 1;
+    memcpy(p.round_seed, t->secagg_round_seed, sizeof p.round_seed);
+    int f = 0;
+    fs_secagg_site *sa = NULL;
+    uint8_t *out = NULL, *raw = NULL;
+    size_t olen = 0;
+    fs_wire_secagg_reply rep;
+    double t0 = now_s(), loss = NAN, ts = 0, dice[3];
+    uint64_t recv = 0, sent = 0;
+    fs_status st = fs_secagg_params_check(&p);
+    if (st == FS_OK) st = fs_secagg_quant_bits(t->secagg_clip, t->secagg_sites, &f);
+    if (st == FS_OK) st = fs_secagg_site_new(&p, t->secagg_index, &sa);
+    if (st != FS_OK) {
+        snprintf(n->why, sizeof n->why, "round %u: cannot take part in secure aggregation: %s", r,
+                 fs_status_str(st));
+        fs_log_warn("%s", n->why);
+        return FS_OK; /* this round goes on without us */
+    }
+    if (!n->qbuf && !(n->qbuf = malloc((n->P + 1) * sizeof *n->qbuf))) {
+        fs_secagg_site_free(sa);
+        return FS_ERR_NOMEM;
+    }
+#define SA_TRY(expr) do { st = (expr); if (st != FS_OK) goto done; } while (0)
+    if (drop_here(n, t, 0)) goto done;
+    SA_TRY(fs_secagg_site_advertise(sa, &out, &olen));
+    SA_TRY(secagg_step(n, t, FS_SA_ADVERTISE, out, olen, &rep, &raw));
+    fs_secagg_msg_free(out, olen), out = NULL, free(raw), raw = NULL;
+    if (drop_here(n, t, 1)) goto done;
+    SA_TRY(secagg_step(n, t, FS_SA_GET_KEYS, NULL, 0, &rep, &raw));
+    SA_TRY(fs_secagg_site_share_keys(sa, rep.payload, rep.len, &out, &olen));
+    free(raw), raw = NULL;
+    SA_TRY(secagg_step(n, t, FS_SA_SHARES, out, olen, &rep, &raw));
+    fs_secagg_msg_free(out, olen), out = NULL, free(raw), raw = NULL;
+    SA_TRY(secagg_step(n, t, FS_SA_GET_RELAY, NULL, 0, &rep, &raw));
+    SA_TRY(fs_secagg_site_recv_shares(sa, rep.payload, rep.len));
+    free(raw), raw = NULL;
+
+    SA_TRY(local_train(n, t, &loss, dice, &ts, &recv));
+    if (*n->stop) goto done;
+    if (drop_here(n, t, 2)) goto done;
+    uint64_t m = fs_session_nsamples(n->ses);
+    if (m > t->secagg_weight_cap) {
+        fs_log_warn("round %u: %llu training slices exceed the weight cap %llu; counted as the cap", r,
+                    (unsigned long long)m, (unsigned long long)t->secagg_weight_cap);
+        m = t->secagg_weight_cap;
+    }
+    uint64_t sr_seed;
+    randombytes_buf(&sr_seed, sizeof sr_seed);
+    SA_TRY(fs_secagg_encode_update(n->delta, n->P, m, t->secagg_weight_cap, t->secagg_clip, f, sr_seed,
+                                   n->qbuf));
+    SA_TRY(fs_secagg_site_mask(sa, n->qbuf, 0, n->P + 1, n->qbuf));
+    fs_wire_update_header h;
+    memset(&h, 0, sizeof h);
+    h.protocol_version = FS_PROTOCOL_VERSION;
+    h.round = r;
+    h.num_params = n->P + 1;
+    h.num_samples = 1; /* the real weight travels masked */
+    h.train_loss = (float)loss;
+    h.global_dice_wt = (float)dice[0];
+    h.global_dice_tc = (float)dice[1];
+    h.global_dice_et = (float)dice[2];
+    h.train_seconds = ts;
+    h.masked = 1;
+    h.secagg_attempt = t->secagg_attempt;
+    h.crc32 = fs_wire_crc32_bytes(0, (const uint8_t *)n->qbuf, (n->P + 1) * 4);
+    n->rep.rounds_trained++;
+    st = push_words(n, n->qbuf, n->P + 1, &h, &sent);
+    if (st == FS_ERR_MISMATCH) {
+        fs_log_warn("the aggregator refused this site's masked update for round %u: %s", r, n->why);
+        n->rep.updates_refused++;
+        st = FS_OK;
+        goto done;
+    }
+    if (st != FS_OK) goto done;
+    n->rep.updates_accepted++;
+    n->rep.last_round_done = r;
+    if (drop_here(n, t, 3)) goto done;
+    SA_TRY(secagg_step(n, t, FS_SA_GET_UNMASK, NULL, 0, &rep, &raw));
+    SA_TRY(fs_secagg_site_unmask(sa, rep.payload, rep.len, &out, &olen));
+    free(raw), raw = NULL;
+    SA_TRY(secagg_step(n, t, FS_SA_UNMASK, out, olen, &rep, &raw));
+    printf("round %u  global Dice WT %.3f TC %.3f ET %.3f  loss %.4f  train %.1f s  round %.1f s  "
+           "sent %.2f MB  received %.2f MB  (secure aggregation)\n",
+           r, dice[0], dice[1], dice[2], loss, ts, now_s() - t0, sent / 1e6, recv / 1e6);
+    fflush(stdout);
+done:
+#undef SA_TRY
+    fs_secagg_msg_free(out, olen);
+    free(raw);
+    fs_secagg_site_free(sa);
+    if (st == FS_ERR_ABANDONED) st = FS_OK; /* the round goes on (or restarts) without us */
+    if (st == FS_ERR_MISMATCH && n->rpc != FS_RPC_FAILED_PRECONDITION) st = FS_ERR_IO;
+    return st;
+}
+
 static fs_status train_round(node *n, const fs_wire_task *t)
 {
+    if (t->secure_agg) return train_round_secure(n, t);
     uint32_t r = t->round;
     if (t->num_params && t->num_params != n->P) {
         /* the aggregator changed its model: Join again, which refuses clearly */
@@ -417,22 +646,10 @@ static fs_status train_round(node *n, const fs_wire_task *t)
         n->pending = 0;
     }
     if (!n->pending) {
-        double t0 = now_s();
+        double t0 = now_s(), loss = NAN, ts = 0, dice[3];
         uint64_t recv = 0;
-        fs_status st = download(n, r, t->model_crc32, &recv);
-        if (st != FS_OK) return st;
-        save_global(n, "global.ckpt", r - 1);
-        double dice[3];
-        FS_TRY(fs_session_set_params(n->ses, n->wg));
-        FS_TRY(fs_session_eval(n->ses, dice));
-        fs_session_seed(n->ses, fs_node_round_seed(n->cfg->seed, r));
-        double loss = NAN, ts = now_s();
-        FS_TRY(fs_session_train(n->ses, (int)t->local_epochs, (int)t->steps_per_epoch, t->lr, t->prox_mu,
-                                &loss));
-        ts = now_s() - ts;
-        if (*n->stop) return FS_OK;
-        FS_TRY(fs_session_get_params(n->ses, n->delta));
-        for (size_t i = 0; i < n->P; i++) n->delta[i] -= n->wg[i];
+        fs_status st = local_train(n, t, &loss, dice, &ts, &recv);
+        if (st != FS_OK || *n->stop) return st;
         if (t->dp_clip > 0) {
             /* WARNING: differential privacy rests on this bound: no site's
              * update may weigh more than dp_clip in the aggregator's sum. */
@@ -598,6 +815,7 @@ fs_status fs_node_run(const fs_node_config *cfg, volatile sig_atomic_t *stop)
     fs_session_free(n->ses);
     free(n->wg);
     free(n->delta);
+    free(n->qbuf);
     free(n);
     return st;
 }

@@ -23,6 +23,15 @@
  *               FINISHED  download the final global model (the one round
  *                         `round + 1` would train on), evaluate it, save it,
  *                         return FS_OK.
+ *               TRAIN r with secure_agg: the secure-aggregation stages over
+ *                         SecAgg calls (common/secagg.h): advertise keys, get
+ *                         the keys, send encrypted shares, get the relayed
+ *                         shares; then download + train as above; the update
+ *                         clipped, weighted, quantised and masked (P + 1
+ *                         uint32 words) and pushed; then the unmasking
+ *                         request answered. WAIT answers are polled; an
+ *                         ABANDONED answer ends this site's part in the
+ *                         attempt (back to GetTask).
  *   One line per round on stdout: round, the global model's Dice (WT TC ET),
  *   training loss, training and round seconds, MB sent and received.
  *
@@ -89,6 +98,13 @@ typedef struct {
     double backoff_initial_s;    /* 0 = 0.5 */
     double backoff_max_s;        /* 0 = 30  */
     fs_node_report *report;      /* optional: filled when fs_node_run returns           */
+    /* Demonstrating secure aggregation's dropout recovery: in round
+     * secagg_drop_round (first attempt only) the node silently leaves the
+     * protocol at stage secagg_drop_stage (0 before advertising its keys,
+     * 1 before sending its shares, 2 before sending its masked update, 3
+     * before answering the unmasking request); -1 = never. */
+    int secagg_drop_stage;
+    uint32_t secagg_drop_round;
 } fs_node_config;
 
 /* Runs the node until the federation finishes (FS_OK), *stop becomes non-zero
