@@ -1,0 +1,41 @@
+#!/bin/sh
+# tests/test_sim_secagg.sh — `fedseg sim --secure-agg` end to end: 4
+# synthesized sites (coarse voxels, 3 cases each), 2 rounds of 1 local epoch
+# of 3 steps on the CPU, round deadline 20 s.
+#   run 1: --drop 1 --drop-stage masked: exit 0; round 1 has 4 masked inputs,
+#          round 2 only 3 (the fourth site left before its masked upload) and
+#          still completes; the dropped site logged its dropout; final.ckpt
+#          evaluates
+#   run 2: --drop 2 (threshold 3 of 4): round 2's first attempt is abandoned
+#          (logged, model unchanged) and a second attempt completes the round
+# Then bad usage: --drop without --secure-agg, --secure-agg with 2 sites.
+# About 60 s.
+set -u
+. "$(dirname "$0")/fedtest.sh"
+fedtest_begin sim_secagg_work
+common="--sites 4 --rounds 2 --local-epochs 1 --steps 3 --batch 4 --cases-per-site 3,3,3,3 --voxel-scale 2 --device cpu --deadline 20 --secure-agg"
+timeout 300 "$F" sim $common --drop 1 --drop-stage masked --out run1 >out1.txt 2>err1.txt
+rc=$?
+check "sim --secure-agg --drop 1 exits 0 (got $rc)" [ $rc -eq 0 ]
+check "the secure-aggregation line is printed" grep -q '^secure aggregation: the aggregator sees only masked updates' out1.txt
+check "metrics.jsonl: 2 lines" [ "$(wc -l <run1/metrics.jsonl)" -eq 2 ]
+check "round 1: 4 masked inputs" sh -c "grep '^{\"round\":1,' run1/metrics.jsonl | grep -q '\"masked\":4,\"unmasked\":4'"
+check "round 2: 3 masked inputs, recovered" sh -c "grep '^{\"round\":2,' run1/metrics.jsonl | grep -q '\"masked\":3,\"unmasked\":3'"
+check "site_4 left round 2 before its masked update" grep -q 'round 2: leaving secure aggregation before sending its masked update' run1/logs/site_4.log
+check "the aggregator saw only masked updates" sh -c "! grep -q ': update for round .* accepted' run1/logs/aggregator.log && grep -q 'masked update for round 2 accepted' run1/logs/aggregator.log"
+check "final.ckpt evaluates" "$F" eval --model run1/final.ckpt --data run1/data/site_1 --split val
+
+timeout 300 "$F" sim $common --drop 2 --drop-stage masked --out run2 >out2.txt 2>err2.txt
+rc=$?
+check "sim --secure-agg --drop 2 exits 0 (got $rc)" [ $rc -eq 0 ]
+check "round 2's first attempt was abandoned" grep -q 'round 2: secure aggregation attempt .* abandoned: .*threshold 3; the global model is unchanged' run2/logs/aggregator.log
+check "round 2 completed with a second attempt" sh -c "grep '^{\"round\":2,' run2/metrics.jsonl | grep -q '\"masked\":4,\"unmasked\":4'"
+
+"$F" sim --drop 1 >/dev/null 2>&1; rc=$?
+check "--drop without --secure-agg is bad usage (got $rc)" [ $rc -eq 2 ]
+timeout 120 "$F" sim --sites 2 --rounds 1 --secure-agg --cases-per-site 3,3 --voxel-scale 2 --device cpu --out run3 >/dev/null 2>err3.txt; rc=$?
+check "--secure-agg with 2 sites is refused (got $rc)" sh -c "[ $rc -eq 1 ] && grep -q 'needs 3 or more sites' err3.txt"
+if [ $fail -ne 0 ]; then
+    for f in out1.txt err1.txt run1/logs/aggregator.log out2.txt run2/logs/aggregator.log; do echo "--- $f"; cat $f; done
+fi
+exit $fail
