@@ -40,6 +40,7 @@
 #include <string.h>
 #include <sodium.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PATH_LEN 4096
@@ -115,6 +116,7 @@ struct fs_round {
     uint32_t sa_attempt;      /* id of the current (or last) attempt        */
     int sa_stage;             /* 0 keys, 1 shares, 2 masked inputs, 3 unmasking */
     double sa_deadline;       /* of stages 0, 1 and 3                        */
+    double sa_t_masked;       /* when the masked-input stage closed          */
     uint8_t *sa_keys, *sa_req;/* the KEYS broadcast, the unmasking request  */
     size_t sa_keys_len, sa_req_len;
     uint32_t *sa_sum;         /* P + 1 words: Σ of masked vectors mod 2^32  */
@@ -1056,6 +1058,8 @@ static fs_status sa_finish(fs_round *a, double now)
     uint32_t r = a->completed + 1;
     size_t W = a->P + 1;
     fs_status st = FS_OK;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_MONOTONIC, &c0);
     for (size_t off = 0; off < W && st == FS_OK; off += FS_CHUNK_PARAMS) {
         size_t n = W - off < FS_CHUNK_PARAMS ? W - off : FS_CHUNK_PARAMS;
         st = fs_secagg_server_unmask(a->sa, a->sa_sum + off, off, n);
@@ -1067,13 +1071,20 @@ static fs_status sa_finish(fs_round *a, double now)
         sa_restart(a, fs_status_str(st));
         return FS_OK;
     }
+    clock_gettime(CLOCK_MONOTONIC, &c1);
+    /* unmask_seconds: removing the masks and averaging (CPU time on this
+     * thread); unmask_stage_seconds: from the masked-input stage's close to
+     * here (waiting for the responses, reconstructing the secrets, unmasking) */
     snprintf(a->sa_summary, sizeof a->sa_summary,
              "{\"attempt\":%u,\"sites\":%u,\"threshold\":%u,\"neighbours\":%u,\"advertised\":%u,"
-             "\"shared\":%u,\"masked\":%u,\"unmasked\":%u}",
+             "\"shared\":%u,\"masked\":%u,\"unmasked\":%u,\"unmask_seconds\":%.4f,"
+             "\"unmask_stage_seconds\":%.4f}",
              a->sa_attempt, a->sap.n_sites, a->sap.threshold, a->sap.neighbours,
              fs_secagg_server_count(a->sa, FS_SECAGG_ADVERTISED),
              fs_secagg_server_count(a->sa, FS_SECAGG_SHARED), fs_secagg_server_count(a->sa, FS_SECAGG_MASKED),
-             fs_secagg_server_count(a->sa, FS_SECAGG_UNMASKED));
+             fs_secagg_server_count(a->sa, FS_SECAGG_UNMASKED),
+             (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec),
+             now - a->sa_t_masked + (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec));
     fs_log_info("round %u: the masked sum of %u site(s) is unmasked (total weight %.4g)", r,
                 fs_secagg_server_count(a->sa, FS_SECAGG_MASKED), (double)total);
     int all = fs_secagg_server_count(a->sa, FS_SECAGG_MASKED) == a->sap.n_sites;
@@ -1113,6 +1124,7 @@ static fs_status sa_tick(fs_round *a, double now)
             kill_round_uploads(a, "the masked-input stage is over");
             st = fs_secagg_server_close_masked(a->sa, &a->sa_req, &a->sa_req_len);
             a->sa_deadline = now + a->cfg.secagg_stage_s;
+            a->sa_t_masked = now;
             break;
         default:
             if (um < ms && now < a->sa_deadline) return FS_OK;

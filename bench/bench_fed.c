@@ -48,6 +48,7 @@
 #include "aggregator/round.h"
 #include "common/log.h"
 #include "common/provision.h"
+#include "common/secagg.h"
 #include "common/transport.h"
 #include "common/wire.h"
 
@@ -665,10 +666,14 @@ typedef struct {
     pthread_barrier_t *bar;
     float *d;                          /* the site's fixed change      */
     float *delta;                      /* computed per round           */
+    uint32_t *q;                       /* --secure: the masked vector  */
+    int secure, drop;                  /* --secure; drop: this site drops out */
     double t_task[256], t_dl[256], t_first[256], t_ack[256];
     int err;
     char why[400];
 } fed_site;
+
+static void sa_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples, int drop);
 
 static void fed_fail(fed_site *s, const char *what, fs_status st, const fs_call_result *r)
 {
@@ -701,6 +706,12 @@ static void *fed_thread(void *arg)
             usleep(t.retry_after_ms ? t.retry_after_ms * 1000u : 100000u);
         }
         s->t_task[r - 1] = now_s();
+        if (s->secure) {
+            if (!s->err) sa_round(s, &t, r, samples, s->drop && r == 1);
+            if (s->drop && r == 1) s->t_ack[0] = s->t_first[0] = 0;
+            if (s->err) break;
+            continue;
+        }
         if (!s->err && (st = download(&s->io, (uint32_t)r, &res)) != FS_OK) fed_fail(s, "DownloadModel", st, &res);
         s->t_dl[r - 1] = now_s();
         if (!s->err)
@@ -713,6 +724,119 @@ static void *fed_thread(void *arg)
     }
     fs_tclient_free(s->io.c);
     return NULL;
+}
+
+/* ---- fed --secure: a site's part in secure aggregation ------------------------ */
+
+/* One SecAgg call, asked again while told WAIT; 0 with an OK reply (payload
+ * copied into *out when wanted), -1 otherwise. */
+static int sa_step(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, const uint8_t *pl,
+                   size_t len, uint8_t **out, size_t *olen)
+{
+    fs_wire_secagg_request rq = {FS_PROTOCOL_VERSION, t->round, t->secagg_attempt, stage, pl, len};
+    uint8_t *msg;
+    size_t mlen;
+    if (fs_wire_encode_secagg_request(&rq, &msg, &mlen) != FS_OK) return -1;
+    int rc = -1;
+    for (double t0 = now_s(); now_s() - t0 < 600;) {
+        uint8_t *raw = NULL;
+        size_t rlen = 0;
+        fs_call_result res = {0};
+        fs_status st = fs_tclient_unary(s->io.c, fs_federation_methods[FS_M_SECAGG].path, msg, mlen, &raw,
+                                        &rlen, UNARY_MS, &res);
+        fs_wire_secagg_reply rep;
+        if (st == FS_OK && fs_wire_decode_secagg_reply(raw, rlen, &rep, NULL, 0) != FS_OK) st = FS_ERR_FORMAT;
+        if (st != FS_OK || rep.status == FS_SA_ABANDONED) {
+            fed_fail(s, "SecAgg", st != FS_OK ? st : FS_ERR_MISMATCH, st != FS_OK ? &res : NULL);
+            free(raw);
+            break;
+        }
+        if (rep.status == FS_SA_OK) {
+            if (out) {
+                *out = malloc(rep.len ? rep.len : 1);
+                if (*out) memcpy(*out, rep.payload, rep.len);
+                *olen = rep.len;
+            }
+            free(raw);
+            rc = 0;
+            break;
+        }
+        free(raw);
+        usleep(rep.retry_after_ms ? rep.retry_after_ms * 1000u : 50000u);
+    }
+    free(msg);
+    return rc;
+}
+
+/* The secure round r of site s (task t): stages, download, masked push,
+ * unmasking; with drop the site leaves after sending its shares. */
+static void sa_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples, int drop)
+{
+    fs_call_result res = {0};
+    fs_secagg_params p = {t->round, t->secagg_sites, t->secagg_threshold, t->secagg_neighbours,
+                          (uint64_t)s->io.P + 1, {0}};
+    memcpy(p.round_seed, t->secagg_round_seed, 32);
+    int f = 0;
+    fs_secagg_site *sa = NULL;
+    uint8_t *m = NULL, *in = NULL;
+    size_t ml = 0, il = 0;
+    if (fs_secagg_quant_bits(t->secagg_clip, t->secagg_sites, &f) != FS_OK ||
+        fs_secagg_site_new(&p, t->secagg_index, &sa) != FS_OK || fs_secagg_site_advertise(sa, &m, &ml) != FS_OK) {
+        fed_fail(s, "secure aggregation set-up", FS_ERR_ARG, NULL);
+        goto out;
+    }
+    if (sa_step(s, t, FS_SA_ADVERTISE, m, ml, NULL, NULL)) goto out;
+    fs_secagg_msg_free(m, ml), m = NULL;
+    if (sa_step(s, t, FS_SA_GET_KEYS, NULL, 0, &in, &il) || fs_secagg_site_share_keys(sa, in, il, &m, &ml) != FS_OK)
+        goto out;
+    free(in), in = NULL;
+    if (sa_step(s, t, FS_SA_SHARES, m, ml, NULL, NULL)) goto out;
+    fs_secagg_msg_free(m, ml), m = NULL;
+    if (sa_step(s, t, FS_SA_GET_RELAY, NULL, 0, &in, &il) || fs_secagg_site_recv_shares(sa, in, il) != FS_OK)
+        goto out;
+    free(in), in = NULL;
+    fs_status st = download(&s->io, (uint32_t)r, &res);
+    s->t_dl[r - 1] = now_s();
+    if (st != FS_OK) {
+        fed_fail(s, "DownloadModel", st, &res);
+        goto out;
+    }
+    if (drop) goto out; /* gone before its masked upload */
+    for (size_t i = 0; i < s->io.P; i++) s->delta[i] = (s->io.w[i] + s->d[i]) - s->io.w[i];
+    if (fs_secagg_encode_update(s->delta, s->io.P, samples, t->secagg_weight_cap, t->secagg_clip, f,
+                                (uint64_t)s->io.idx * 7919 + (uint64_t)r, s->q) != FS_OK ||
+        fs_secagg_site_mask(sa, s->q, 0, s->io.P + 1, s->q) != FS_OK) {
+        fed_fail(s, "masking", FS_ERR_ARG, NULL);
+        goto out;
+    }
+    if (s->barrier) pthread_barrier_wait(s->bar);
+    /* the masked words go through the float pusher byte for byte */
+    site_io io = s->io;
+    io.delta = (const float *)(const void *)s->q;
+    io.P = s->io.P + 1;
+    io.off = 0;
+    io.sent_header = 0;
+    io.hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, (uint32_t)r, io.P, 1, 0.5f, NAN, NAN, NAN, 0.0,
+                                     fs_wire_crc32_bytes(0, (const uint8_t *)s->q, io.P * 4), 1,
+                                     t->secagg_attempt};
+    uint8_t *ack = NULL;
+    size_t al = 0;
+    st = fs_tclient_upload(io.c, fs_federation_methods[FS_M_PUSH_UPDATE].path, up_next, &io, &ack, &al,
+                           STREAM_MS, &res);
+    free(ack);
+    s->t_first[r - 1] = io.t_first;
+    if (st != FS_OK) {
+        fed_fail(s, "PushUpdate (masked)", st, &res);
+        goto out;
+    }
+    s->t_ack[r - 1] = now_s();
+    if (sa_step(s, t, FS_SA_GET_UNMASK, NULL, 0, &in, &il) || fs_secagg_site_unmask(sa, in, il, &m, &ml) != FS_OK)
+        goto out;
+    sa_step(s, t, FS_SA_UNMASK, m, ml, NULL, NULL);
+out:
+    fs_secagg_msg_free(m, ml);
+    free(in);
+    fs_secagg_site_free(sa);
 }
 
 static int read_port(const char *path, pid_t pid)
@@ -747,7 +871,7 @@ static int read_walls(const char *path, double *w, int max)
 }
 
 static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds, int poll_ms,
-                    int barrier)
+                    int barrier, int secure, int drop, double deadline)
 {
     char cons[1024];
     if (make_consortium(work, nsites, cons, sizeof cons)) return 1;
@@ -759,10 +883,15 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     snprintf(rs, sizeof rs, "%d", rounds);
     snprintf(ms, sizeof ms, "%d", nsites);
     snprintf(ps, sizeof ps, "%d", poll_ms);
+    char ds[32];
+    snprintf(ds, sizeof ds, "%g", deadline);
+    /* with a dropout fewer sites report: the round may close with nsites - 1 */
+    if (drop) snprintf(ms, sizeof ms, "%d", nsites - 1);
     const char *argv[] = {fedseg, "aggregator", "--config", conf, "--listen", "127.0.0.1:0",
                           "--port-file", portf, "--model", "ref", "--rounds", rs, "--min-sites", ms,
-                          "--join-wait-s", "0", "--round-deadline-s", "900", "--linger-s", "3",
-                          "--device", "cpu", "--poll-ms", ps, "--seed", "1", NULL};
+                          "--join-wait-s", drop ? "60" : "0", "--round-deadline-s", ds, "--linger-s", "3",
+                          "--device", "cpu", "--poll-ms", ps, "--seed", "1",
+                          secure ? "--secure-agg" : NULL, "true", "--secagg-stage-s", ds, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, logf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -785,7 +914,7 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     fed_site *s = calloc((size_t)nsites, sizeof *s);
     pthread_t th[MAX_SITES];
     pthread_barrier_t bar;
-    pthread_barrier_init(&bar, NULL, (unsigned)nsites);
+    pthread_barrier_init(&bar, NULL, (unsigned)(drop ? nsites - 1 : nsites));
     for (int i = 0; i < nsites; i++) {
         s[i].d = malloc(P * sizeof(float));
         s[i].delta = malloc(P * sizeof(float));
@@ -800,6 +929,9 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
         s[i].rounds = rounds;
         s[i].barrier = barrier;
         s[i].bar = &bar;
+        s[i].secure = secure;
+        s[i].drop = drop && i == nsites - 1;
+        if (secure && !(s[i].q = malloc((P + 1) * sizeof *s[i].q))) return 1;
     }
     for (int i = 0; i < nsites; i++) pthread_create(&th[i], NULL, fed_thread, &s[i]);
     int err = 0;
@@ -833,6 +965,7 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     for (int r = 0; r < rounds; r++) {
         double start = r == 0 ? 1e300 : 0, end = 0, push0 = 1e300, dl_end = 0;
         for (int i = 0; i < nsites; i++) {
+            if (s[i].drop && r == 0) continue; /* it never pushed in round 1 */
             if (r == 0 && s[i].t_task[0] < start) start = s[i].t_task[0];
             if (r > 0 && s[i].t_ack[r - 1] > start) start = s[i].t_ack[r - 1];
             if (s[i].t_ack[r] > end) end = s[i].t_ack[r];
@@ -842,12 +975,13 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
         dl_s[r] = dl_end - start;
         wall[r] = end - start;
         ingest_s[r] = end - push0;
-        ingest[r] = (double)nsites * (double)P * 4 / ingest_s[r] / 1e6;
+        ingest[r] = (double)(r == 0 && drop ? nsites - 1 : nsites) * (double)P * 4 / ingest_s[r] / 1e6;
     }
     if (!err) {
-        printf("{\"mode\":\"fed\",\"server\":\"fedseg aggregator (mTLS)\",\"barrier\":%d,\"sites\":%d,"
-               "\"params\":%zu,\"update_bytes\":%zu,\"rounds\":%d,\"poll_ms\":%d",
-               barrier, nsites, P, P * 4, rounds, poll_ms);
+        printf("{\"mode\":\"fed\",\"server\":\"fedseg aggregator (mTLS)\",\"secure_agg\":%d,"
+               "\"dropout_round1\":%d,\"barrier\":%d,\"sites\":%d,"
+               "\"params\":%zu,\"update_bytes\":%zu,\"rounds\":%d,\"poll_ms\":%d,\"deadline_s\":%g",
+               secure, drop, barrier, nsites, P, P * 4, rounds, poll_ms, deadline);
         print_list("round_seconds", wall, rounds);
         print_list("aggregator_round_seconds", agg_wall, rounds);
         print_list("last_download_done_s", dl_s, rounds);
@@ -863,6 +997,7 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     for (int i = 0; i < nsites; i++) {
         free(s[i].d);
         free(s[i].delta);
+        free(s[i].q);
         free(s[i].io.w);
         free((void *)s[i].kit);
     }
@@ -878,7 +1013,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: bench_fed tcp    [--mib M] [--conns K] [--reps N]\n"
                "       bench_fed ingest [--tls 0|1] [--sink] [--sites S] [--params P] [--reps N] [--work DIR]\n"
                "       bench_fed fed    --fedseg PATH [--sites S] [--rounds R] [--poll-ms MS] "
-               "[--barrier] [--work DIR]\n"
+               "[--barrier] [--secure] [--drop] [--deadline S] [--work DIR]\n"
                "Federation network benchmarks on 127.0.0.1 (see the top of bench/bench_fed.c).\n");
 }
 
@@ -891,14 +1026,18 @@ int main(int argc, char **argv)
     const char *mode = argv[1], *work = NULL, *fedseg = NULL;
     long mib = 2048, conns = 1, reps = 3, tls = 1, sites = 10, rounds = 3, poll_ms = 100;
     long params = P_REF;
-    int barrier = 0, sink = 0;
+    int barrier = 0, sink = 0, secure = 0, drop = 0;
+    long deadline = 900;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long *dst = !strcmp(a, "--mib") ? &mib : !strcmp(a, "--conns") ? &conns
                   : !strcmp(a, "--reps") ? &reps : !strcmp(a, "--tls") ? &tls
                   : !strcmp(a, "--sites") ? &sites : !strcmp(a, "--rounds") ? &rounds
-                  : !strcmp(a, "--poll-ms") ? &poll_ms : !strcmp(a, "--params") ? &params : NULL;
+                  : !strcmp(a, "--poll-ms") ? &poll_ms : !strcmp(a, "--params") ? &params
+                  : !strcmp(a, "--deadline") ? &deadline : NULL;
         if (!strcmp(a, "--barrier")) barrier = 1;
+        else if (!strcmp(a, "--secure")) secure = 1;
+        else if (!strcmp(a, "--drop")) drop = 1;
         else if (!strcmp(a, "--sink")) sink = 1;
         else if (!strcmp(a, "--work") && v) work = argv[++i];
         else if (!strcmp(a, "--fedseg") && v) fedseg = argv[++i];
@@ -934,7 +1073,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_fed fed: --fedseg PATH (the fedseg binary) is required\n");
             return 2;
         }
-        return mode_fed(work, fedseg, (int)sites, (int)rounds, (int)poll_ms, barrier);
+        if (drop && (sites < 4 || barrier)) {
+            fprintf(stderr, "bench_fed fed: --drop needs 4 or more sites and no --barrier\n");
+            return 2;
+        }
+        return mode_fed(work, fedseg, (int)sites, (int)rounds, (int)poll_ms, barrier, secure, drop,
+                        (double)(deadline ? deadline : 1));
     }
     fprintf(stderr, "bench_fed: unknown mode '%s'\n", mode);
     usage(stderr);
