@@ -580,6 +580,10 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
                     (unsigned long long)m, (unsigned long long)t->secagg_weight_cap);
         m = t->secagg_weight_cap;
     }
+    double scale = 1;
+    SA_TRY(fs_secagg_l2_scale(n->delta, n->P, t->secagg_clip, &scale));
+    fs_log_info("round %u: update L2 norm %s clip %.4g%s", r, scale < 1 ? "above" : "within",
+                t->secagg_clip, scale < 1 ? " (scaled down)" : "");
     uint64_t sr_seed;
     randombytes_buf(&sr_seed, sizeof sr_seed);
     SA_TRY(fs_secagg_encode_update(n->delta, n->P, m, t->secagg_weight_cap, t->secagg_clip, f, sr_seed,
