@@ -29,7 +29,8 @@ static void on_signal(int sig)
 
 static const char *const node_keys[] = {"aggregator", "server_name", "ca", "cert", "key", "site", "data",
                                         "device", "state_dir", "model", "batch", "threads", "seed",
-                                        "rpc_timeout_s", "backoff_max_s", NULL};
+                                        "rpc_timeout_s", "backoff_max_s", "finetune_epochs",
+                                        "finetune_lr", NULL};
 
 /* The provisioned node.conf's placeholder for `data`. */
 #define DATA_PLACEHOLDER "/path/to/this/site/data"
@@ -63,7 +64,11 @@ static void node_help(FILE *f)
         "  rpc_timeout_s = S         timeout of a request; model transfers get this plus 4 us per\n"
         "                            byte (default 10)\n"
         "  backoff_max_s = S         longest wait between retries; waits start at 0.5 s and\n"
-        "                            double (default 30)\n\n"
+        "                            double (default 30)\n"
+        "  finetune_epochs = K       personalisation: after the last round, fine-tune the final\n"
+        "                            model for K local epochs, evaluate it on this site's held-out\n"
+        "                            cases and keep it as STATE_DIR/personal.ckpt (default 0 = no)\n"
+        "  finetune_lr = LR          its learning rate (default: the federation's last lr)\n\n"
         "options (override the file):\n"
         "  --config FILE             the node config\n"
         "  --data DIR[,DIR...]       data = DIR\n"
@@ -94,7 +99,7 @@ static char *resolve(const char *dir, const char *path)
 
 typedef struct {
     char *cfg_dir;       /* folder of the config file ("" when none) */
-    int from_cli[16];    /* per node_keys index: set by a flag       */
+    int from_cli[32];    /* per node_keys index: set by a flag       */
     char *owned[80];     /* strings to free (≤ 4 paths, 1 list, 64 data) */
     int nowned;
     const char *data[64];
@@ -160,6 +165,10 @@ static int build_config(fs_config *cfg, node_args *a, fs_node_config *o)
     o->rpc_timeout_ms = (int)(d * 1000);
     if (fs_config_get_float(cfg, "backoff_max_s", 30, 0.5, 86400, &d) != FS_OK) return 0;
     o->backoff_max_s = d;
+    if (fs_config_get_int(cfg, "finetune_epochs", 0, 0, 10000, &v) != FS_OK) return 0;
+    o->finetune_epochs = (int)v;
+    if (fs_config_get_float(cfg, "finetune_lr", 0, 0, 1e3, &d) != FS_OK) return 0;
+    o->finetune_lr = (float)d;
 
     char **items = NULL;
     size_t n = 0;

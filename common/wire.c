@@ -468,6 +468,8 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     pm.seconds_left = m->seconds_left;
     pm.retry_after_ms = m->retry_after_ms;
     pm.model_crc32 = m->model_crc32;
+    pm.scaffold = m->scaffold ? 1 : 0;
+    pm.local_norm = m->local_norm ? 1 : 0;
     return pack(&pm.base, out, len);
 }
 
@@ -488,6 +490,8 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     out->seconds_left = get_u32(&r, "seconds_left");
     out->retry_after_ms = get_u32(&r, "retry_after_ms");
     out->model_crc32 = get_u32(&r, "model_crc32");
+    out->scaffold = get_u64(&r, "scaffold") != 0;
+    out->local_norm = get_u64(&r, "local_norm") != 0;
     if (action > FS_TASK_FINISHED) {
         say(why, whylen, "%s: unknown action %u", msg, action);
         DEC_TRY(FS_ERR_FORMAT);

@@ -118,6 +118,8 @@ typedef struct {
     uint32_t seconds_left;
     uint32_t retry_after_ms;
     uint32_t model_crc32;              /* CRC-32 of the global model's bytes */
+    int scaffold;                      /* download [w | c], update [delta | delta_c] (2·num_params) */
+    int local_norm;                    /* FedBN: normalisation parameters stay at the site */
 } fs_wire_task;
 
 /* DownloadModel (server stream): one request, then ModelChunks in order. */
