@@ -25,6 +25,7 @@
 #include "kernels/backend.h"
 #include "aggregator/journal.h"
 #include "aggregator/round_sum.h"
+#include "aggregator/noniid_round.h"
 #include "common/fsutil.h"
 #include "common/log.h"
 #include "common/rng.h"
@@ -88,8 +89,12 @@ struct fs_round {
     fs_site *sites;
     size_t n_sites;
     size_t P;
-    float *model;             /* w_completed */
-    uint32_t model_crc;
+    size_t U;                 /* update / download length: P, or 2·P with SCAFFOLD */
+    float *model;             /* w_completed (then c with SCAFFOLD: U floats) */
+    uint32_t model_crc;       /* CRC-32 of w_completed (P floats) */
+    uint32_t dl_crc;          /* CRC-32 of the download (U floats) */
+    fs_noniid_server srv;     /* server optimiser moments (aggregator/noniid_round.h) */
+    uint8_t *local_mask;      /* FedBN: parameters whose delta must be 0 (or NULL) */
     fs_round_sum sum;
     uint8_t *rbuf;            /* one chunk of spool bytes */
     float *fbuf;              /* the same chunk as floats */
@@ -378,17 +383,17 @@ static fs_status fold_spool(fs_round *a, size_t si, int verify_first, int *touch
     struct stat stt;
     fs_status st = FS_OK;
     if (fstat(fd, &stt) != 0) stt.st_size = -1;
-    if ((uint64_t)stt.st_size != (uint64_t)a->P * 4u) {
+    if ((uint64_t)stt.st_size != (uint64_t)a->U * 4u) {
         fs_log_error("%s: holds %lld bytes, expected %llu", path, (long long)stt.st_size,
-                     (unsigned long long)a->P * 4u);
+                     (unsigned long long)a->U * 4u);
         close(fd);
         return FS_ERR_FORMAT;
     }
     for (int pass = verify_first ? 0 : 1; pass < 2 && st == FS_OK; pass++) {
         if (lseek(fd, 0, SEEK_SET) != 0) { st = FS_ERR_IO; break; }
         uint32_t crc = 0;
-        for (size_t off = 0; off < a->P;) {
-            size_t n = a->P - off < FS_CHUNK_PARAMS ? a->P - off : FS_CHUNK_PARAMS;
+        for (size_t off = 0; off < a->U;) {
+            size_t n = a->U - off < FS_CHUNK_PARAMS ? a->U - off : FS_CHUNK_PARAMS;
             ssize_t got = read_full(fd, a->rbuf, n * 4);
             if (got != (ssize_t)(n * 4)) {
                 fs_log_error("%s: cannot read back: %s", path, got < 0 ? strerror(errno) : "short file");
@@ -720,6 +725,21 @@ static void reset_round(fs_round *a)
     fs_round_sum_reset(&a->sum);
 }
 
+/* The spool paths of the accepted updates, in journal order: *paths and
+ * *buf are malloc'ed (the caller frees both). */
+static fs_status accepted_paths(fs_round *a, const char ***paths, char **buf)
+{
+    *paths = calloc(a->n_accepted ? a->n_accepted : 1, sizeof **paths);
+    *buf = malloc((a->n_accepted ? a->n_accepted : 1) * (size_t)PATH_LEN);
+    if (!*paths || !*buf) return FS_ERR_NOMEM;
+    for (size_t k = 0; k < a->n_accepted; k++) {
+        char *p = *buf + k * (size_t)PATH_LEN;
+        FS_TRY(spool_path(a, p, a->completed + 1, a->sites[a->order[k]].name));
+        (*paths)[k] = p;
+    }
+    return FS_OK;
+}
+
 /*
  * Closes round r = completed + 1. The sequence, and what a crash after each
  * step leaves for the next fs_round_open:
@@ -767,9 +787,23 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
             return st;
         }
     }
-    if (st == FS_OK) st = fs_round_sum_apply(&a->sum, a->model, a->sum.sum);
+    if (fs_noniid_is_plain(&a->cfg)) {
+        st = fs_round_sum_apply(&a->sum, a->model, a->sum.sum);
+    } else {
+        /* Δ (mean or robust), the server step and the state file of round r,
+         * written before the checkpoint commits the round. */
+        const char **paths = NULL;
+        char *pbuf = NULL;
+        st = accepted_paths(a, &paths, &pbuf);
+        if (st == FS_OK)
+            st = fs_noniid_close(&a->srv, &a->cfg, a->state_dir, r, a->P, a->U, a->n_sites, a->model,
+                                 &a->sum, paths, a->n_accepted, a->fbuf);
+        free(paths);
+        free(pbuf);
+    }
     if (st != FS_OK) {
-        fs_log_error("round %u: no accepted update to average", r);
+        fs_log_error("round %u: %s", r, st == FS_ERR_ARG ? "no accepted update to average"
+                                                         : "the new global model could not be formed");
         rebuild_sum(a);
         return st;
     }
@@ -792,11 +826,13 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
     }
     CRASH_POINT(a, FS_CRASH_AFTER_CKPT);
 
-    memcpy(a->model, a->sum.sum, a->P * sizeof *a->model);
+    memcpy(a->model, a->sum.sum, a->U * sizeof *a->model);
     a->completed = r;
     if (a->dp && fs_dp_accountant_add_round(&a->dpa, 0) != FS_OK)
         fs_log_error("round %u: the privacy accountant refused the round", r);
     a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
+    a->dl_crc = fs_wire_crc32_f32(0, a->model, a->U);
+    fs_noniid_committed(&a->srv, &a->cfg, a->state_dir, r);
     write_state(a); /* logged on failure; resume rewrites it from global.ckpt */
     CRASH_POINT(a, FS_CRASH_AFTER_STATE);
     metrics_append(a, r, a->close_json);
@@ -1386,6 +1422,8 @@ static fs_status resume(fs_round *a, double now)
     free(params);
     a->completed = meta.epoch;
     a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
+    FS_TRY(fs_noniid_resume(&a->srv, &a->cfg, a->state_dir, a->completed, a->P, a->model + a->P));
+    a->dl_crc = fs_wire_crc32_f32(0, a->model, a->U);
     FS_TRY(check_state(a));
     FS_TRY(metrics_scan(a));
     replay_ctx c = {a, now, 0};
@@ -1473,6 +1511,16 @@ static fs_status check_config(const fs_round_config *cfg, size_t P)
                          "noise) is not available in this aggregator; use one or the other");
             return FS_ERR_ARG;
         }
+        if (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN) {
+            fs_log_error("round: secure aggregation reveals only the sum of the updates: it cannot be "
+                         "combined with SCAFFOLD's control variates or a robust aggregation rule");
+            return FS_ERR_ARG;
+        }
+    }
+    if (cfg->dp.mode != FS_DP_OFF && (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN)) {
+        fs_log_error("round: differential privacy bounds each site's clipped update in the noised "
+                     "mean; it cannot be combined with SCAFFOLD or a robust aggregation rule");
+        return FS_ERR_ARG;
     }
     if (!valid_site_name(cfg->model.preset) || strlen(cfg->model.preset) >= FS_WIRE_PRESET_LEN) {
         fs_log_error("round: the model preset '%.16s' is not a valid name", cfg->model.preset);
@@ -1495,6 +1543,7 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     a->cfg.poll_ms = cfg->poll_ms ? cfg->poll_ms : 1000;
     a->n_sites = cfg->n_sites;
     a->P = P;
+    a->U = cfg->scaffold ? 2 * P : P;
     a->quorum_since = -1;
     fs_status st = FS_ERR_ARG;
     if (snprintf(a->state_dir, PATH_LEN, "%s", cfg->state_dir) >= PATH_LEN - 64 ||
@@ -1545,12 +1594,18 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     st = FS_ERR_NOMEM;
     a->sites = calloc(a->n_sites, sizeof *a->sites);
     a->order = calloc(a->n_sites, sizeof *a->order);
-    a->model = malloc(P * sizeof *a->model);
+    a->model = calloc(a->U, sizeof *a->model);
     a->rbuf = malloc(FS_CHUNK_BYTES);
     a->fbuf = malloc(FS_CHUNK_PARAMS * sizeof *a->fbuf);
     if (!a->sites || !a->order || !a->model || !a->rbuf || !a->fbuf) goto fail;
+    if ((st = fs_round_sum_init(&a->sum, a->U)) != FS_OK) goto fail;
+    if ((st = fs_noniid_server_init(&a->srv, &a->cfg, P)) != FS_OK) goto fail;
+    if (cfg->local_mask) {
+        if (!(a->local_mask = malloc(P))) goto fail;
+        memcpy(a->local_mask, cfg->local_mask, P);
+    }
+    a->cfg.local_mask = NULL;
     if (cfg->secure_agg && !(a->sa_sum = calloc(P + 1, sizeof *a->sa_sum))) goto fail;
-    if ((st = fs_round_sum_init(&a->sum, P)) != FS_OK) goto fail;
     for (size_t i = 0; i < a->n_sites; i++) {
         strcpy(a->sites[i].name, cfg->sites[i]);
         a->sites[i].sa_index = -1;
@@ -1588,6 +1643,7 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
             }
         memcpy(a->model, w0, P * sizeof *a->model);
         a->model_crc = fs_wire_crc32_f32(0, a->model, P);
+        a->dl_crc = fs_wire_crc32_f32(0, a->model, a->U);
         fs_ckpt_meta meta = a->cfg.model;
         meta.nparams = P;
         meta.epoch = 0;
@@ -1635,6 +1691,8 @@ void fs_round_free(fs_round *a)
         free(u);
     }
     fs_round_sum_free(&a->sum);
+    fs_noniid_server_free(&a->srv);
+    free(a->local_mask);
     free(a->sites);
     free(a->order);
     free(a->model);
@@ -1711,7 +1769,9 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
     fs_round_tick(a, now);
     if (a->dead) return FS_ERR_IO;
     task->num_params = a->P;
-    task->model_crc32 = a->model_crc;
+    task->model_crc32 = a->dl_crc;
+    task->scaffold = a->cfg.scaffold != 0;
+    task->local_norm = a->cfg.local_norm != 0;
     task->round = a->completed + 1;
     task->retry_after_ms = a->cfg.poll_ms;
     if (a->completed >= a->cfg.rounds) {
@@ -1768,8 +1828,8 @@ fs_status fs_round_model(fs_round *a, const char *identity, uint32_t train_round
                       "the model for round %u is not available (current round %u)", train_round,
                       a->completed + 1);
     *params = a->model;
-    *P = a->P;
-    *crc = a->model_crc;
+    *P = a->U;
+    *crc = a->dl_crc;
     return FS_OK;
 }
 
@@ -1824,17 +1884,17 @@ fs_status fs_round_update_begin(fs_round *a, const char *identity, const fs_wire
         if (a->sa_stage != 2 || !fs_secagg_server_has(a->sa, FS_SECAGG_SHARED, idx))
             return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                           "masked update for round %u: this site is not in the masked-input stage", r);
-        if (hdr->num_params != (uint64_t)a->P + 1)
+        if (hdr->num_params != (uint64_t)a->U + 1)
             return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                           "num_params %llu differs from the masked vector's %zu",
-                          (unsigned long long)hdr->num_params, a->P + 1);
+                          (unsigned long long)hdr->num_params, a->U + 1);
     } else if (hdr->masked) {
         return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                       "a masked update, but this federation does not use secure aggregation");
-    } else if (hdr->num_params != a->P) {
+    } else if (hdr->num_params != a->U) {
         return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                       "num_params %llu differs from the model's %zu",
-                      (unsigned long long)hdr->num_params, a->P);
+                      (unsigned long long)hdr->num_params, a->U);
     }
     if (hdr->num_samples == 0 || hdr->num_samples > FS_WIRE_MAX_SAMPLES)
         return refuse(FS_ERR_FORMAT, identity, why, whylen, "num_samples %llu out of range",
@@ -1893,7 +1953,7 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "chunk at parameter %llu, expected %llu (chunks must be contiguous and "
                             "in order)", (unsigned long long)offset, (unsigned long long)u->received);
-    size_t words = a->P + (u->hdr.masked ? 1 : 0); /* a masked vector carries its weight too */
+    size_t words = a->U + (u->hdr.masked ? 1 : 0); /* a masked vector carries its weight too */
     if (len / 4 > words - u->received)
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "stream larger than the announced %zu parameters (chunk ends at %llu)",
@@ -1902,6 +1962,11 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
     if (!u->hdr.masked && fs_wire_check_finite(data, len, &bad) != FS_OK)
         return chunk_refuse(a, u, FS_ERR_NUMERIC, why, whylen, "parameter %llu is NaN or Inf",
                             (unsigned long long)(offset + bad));
+    if (a->local_mask && !u->hdr.masked &&
+        fs_noniid_check_local(a->local_mask, a->P, offset, data, len, &bad) != FS_OK)
+        return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
+                            "parameter %llu is a normalisation parameter kept at the sites (FedBN) "
+                            "but its delta is not 0", (unsigned long long)bad);
     int err = write_all(u->fd, data, len);
     if (err) {
         fs_log_error("%s: cannot write the spool: %s", u->path, strerror(err));
@@ -1954,12 +2019,12 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
     if (failed) {
         st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                           "the stream broke after %llu of %zu parameters",
-                          (unsigned long long)u->received, a->P);
+                          (unsigned long long)u->received, a->U);
         goto out;
     }
-    if (u->received != a->P + (u->hdr.masked ? 1 : 0)) {
+    if (u->received != a->U + (u->hdr.masked ? 1 : 0)) {
         st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen, "the stream ended after %llu of %zu parameters",
-                          (unsigned long long)u->received, a->P);
+                          (unsigned long long)u->received, a->U);
         goto out;
     }
     if (u->crc != u->hdr.crc32) {
@@ -2028,7 +2093,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
     }
 
     double upload_s = now - u->t_begin;
-    uint64_t bytes = (uint64_t)a->P * 4u;
+    uint64_t bytes = (uint64_t)a->U * 4u;
     char rec[512];
     snprintf(rec, sizeof rec, "accept %u %s %llu %08x %a %a %a %a %a %a %llu", u->round, s->name,
              (unsigned long long)u->hdr.num_samples, u->crc, (double)u->hdr.train_loss,
@@ -2102,6 +2167,7 @@ void fs_round_view_get(const fs_round *a, fs_round_view *v)
     v->model = a->model;
     v->sum = a->sum.sum;
     v->num_params = a->P;
+    v->update_params = a->U;
     v->model_crc = a->model_crc;
 }
 

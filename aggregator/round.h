@@ -76,6 +76,8 @@
 #include "common/dp.h"
 #include "common/secagg.h"
 #include "common/wire.h"
+#include "aggregator/robust.h"
+#include "aggregator/server_opt.h"
 #include "kernels/status.h"
 
 typedef struct {
@@ -123,7 +125,37 @@ typedef struct {
     uint64_t secagg_weight_cap; /* public cap on a site's sample count; 0 = the
                                  * largest count the selected sites joined with */
     double secagg_stage_s;      /* seconds a key or unmasking stage waits   */
+    /* Non-IID algorithms (all zero = plain FedAvg, bit for bit as above):
+     * see "Server optimisers and robust rules" below. */
+    fs_server_opt_hp server_opt;/* kind fedavg with lr 0 or 1 = w + mean delta */
+    fs_agg_rule agg_rule;       /* mean (weighted) | median | trimmed_mean (unweighted) */
+    double trim;                /* trimmed_mean: share dropped at each end, [0, 0.5) */
+    int scaffold;               /* SCAFFOLD control variates travel with models and updates */
+    int local_norm;             /* FedBN: told to sites in Task (they keep normalisation local) */
+    const uint8_t *local_mask;  /* FedBN: P bytes (copied), 1 = a site-local parameter whose
+                                   delta must be exactly 0 (else the update is refused:
+                                   FS_ERR_FORMAT); NULL = no check */
 } fs_round_config;
+
+/*
+ * Server optimisers and robust rules. At a round's close the pseudo-gradient
+ * Δ is the weighted mean Σ n_s·delta_s / Σ n_s (agg_rule mean) or the
+ * coordinate-wise median / trimmed mean of the accepted spools, read back
+ * chunk by chunk (aggregator/robust.h); then w_r = server step of w_{r-1}
+ * with Δ (aggregator/server_opt.h). Optimiser moments live in memory and in
+ * STATE_DIR/server.r<R>.state, written atomically BEFORE global.ckpt is
+ * renamed (the commit point) and read back for the checkpoint's round on
+ * resume, so a restarted aggregator continues with the same bits. A state
+ * file of another round, kind or size is refused (FS_ERR_MISMATCH).
+ *
+ * SCAFFOLD (Karimireddy et al. 2020): with scaffold set, the model a site
+ * downloads is [w | c] (2·P floats: the global model, then the server
+ * control variate c) and its update is [w_local − w | Δc_i] (2·P floats);
+ * Task.num_params stays P. At the close, Δ = the mean of both halves; the
+ * first half steps w as above, and c += (|S| / N)·Δc (N = sites on the
+ * list, |S| = sites that reported). c starts at 0 and is kept in the state
+ * file with the moments.
+ */
 
 typedef struct fs_round fs_round;
 typedef struct fs_round_upload fs_round_upload;
@@ -155,7 +187,7 @@ fs_status fs_round_task(fs_round *agg, const char *identity, double now, fs_wire
                         char *why, size_t whylen);
 
 /* DownloadModel: the global model that round train_round trains on
- * (w_{train_round-1}); only the current round (or R+1 = the final model once
+ * (w_{train_round-1}; with scaffold [w | c], *P = 2·num_params); only the current round (or R+1 = the final model once
  * finished). *params points into agg: the pointer stays valid until
  * fs_round_free, but its contents change when the round closes — a streamer
  * must check fs_round_current(agg) == train_round before each chunk.
@@ -211,6 +243,7 @@ typedef struct {
     const float *model;         /* w_completed, P floats */
     const float *sum;           /* this round's Σ n_s·delta_s, P floats */
     size_t num_params;
+    size_t update_params;       /* values per update and download: num_params, 2x with SCAFFOLD */
     uint32_t model_crc;
 } fs_round_view;
 void fs_round_view_get(const fs_round *agg, fs_round_view *v);

@@ -359,7 +359,7 @@ static void h_up_chunk(void *u, void *state, const uint8_t *msg, size_t len, fs_
     fs_round_view v;
     fs_round_view_get(s->agg, &v);
     fs_rpc_code code = round_code(st);
-    if (st == FS_ERR_FORMAT && c.offset + c.len / 4 > v.num_params) code = FS_RPC_RESOURCE_EXHAUSTED;
+    if (st == FS_ERR_FORMAT && c.offset + c.len / 4 > v.update_params) code = FS_RPC_RESOURCE_EXHAUSTED;
     set_reply(out, code, why);
 }
 

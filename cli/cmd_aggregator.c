@@ -18,6 +18,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "kernels/backend.h"
+#include "node/noniid.h"
 #include "node/unet.h"
 
 #include <errno.h>
@@ -42,7 +43,8 @@ static const char *const agg_keys[] = {
     "state_dir", "metrics", "seed", "init", "device", "linger_s", "poll_ms", "port_file",
     "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "secure_agg",
     "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_weight_cap", "secagg_stage_s",
-    NULL};
+    "algorithm", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau",
+    "aggregation", "trim_fraction", "encrypted", NULL};
 
 static void agg_help(FILE *f)
 {
@@ -106,12 +108,26 @@ static void agg_help(FILE *f)
         "  secagg_clip = C            L2 clip of an update before quantisation (default 10)\n"
         "  secagg_weight_cap = W      public cap on a site's sample count (default: the largest\n"
         "                             count the selected sites joined with)\n"
-        "  secagg_stage_s = S         seconds each key and unmasking stage waits (default 60)\n\n"
+        "  secagg_stage_s = S         seconds each key and unmasking stage waits (default 60)\n"
+        "  algorithm = NAME           fedavg | fedprox | fedavgm | fedadagrad | fedadam | fedyogi |\n"
+        "                             scaffold | fedbn (default fedavg; docs/protocol.md § Non-IID)\n"
+        "  server_lr = ETA            server learning rate (default 1; 0.01 for the adaptive ones)\n"
+        "  server_momentum = B        fedavgm's momentum (default 0.9)\n"
+        "  server_beta1 = B1          fedadagrad/fedadam/fedyogi first moment (default 0.9)\n"
+        "  server_beta2 = B2          fedadam/fedyogi second moment (default 0.99)\n"
+        "  server_tau = TAU           adaptivity of the adaptive optimisers (default 0.001)\n"
+        "  aggregation = RULE         mean (sample-weighted) | median | trimmed_mean (coordinate-wise,\n"
+        "                             unweighted; plain mode only) (default mean)\n"
+        "  trim_fraction = F          trimmed_mean: share dropped at each end, 0 <= F < 0.5 (default 0.2)\n"
+        "  encrypted = BOOL           the federation uses encrypted aggregation (default false)\n\n"
         "Options:\n"
         "  --config FILE              the config file\n"
         "  -v, --verbose              more log lines (repeat for debug)\n"
         "  -h, --help                 this help\n");
 }
+
+typedef struct loader loader;
+static fs_status noniid_config(loader *l, double *mu, fs_round_config *out);
 
 /* dir of path (without the trailing '/'), "." when it has none. */
 static void dirname_of(const char *path, char *out, size_t cap)
@@ -122,14 +138,14 @@ static void dirname_of(const char *path, char *out, size_t cap)
     else snprintf(out, cap, "%.*s", (int)(slash - path), path);
 }
 
-typedef struct {
+struct loader {
     fs_config *cfg;
     char base[4096];                 /* the config file's folder ("" = none) */
     char cli[32][64];                /* keys set on the command line */
     int ncli;
     char paths[8][4096];             /* resolved paths */
     int npaths;
-} loader;
+};
 
 static int from_cli(const loader *l, const char *key)
 {
@@ -278,6 +294,78 @@ static int parse_args(int argc, char **argv, loader *l, const char **config_path
     return 0;
 }
 
+/*
+ * The non-IID keys: algorithm (with its server optimiser), aggregation rule,
+ * and the refusal of combinations that cannot work. fedprox without prox_mu
+ * gets mu = 0.01 (*mu is updated). Errors are logged naming the key.
+ * WARNING: robust rules need every update in the clear; with secure_agg or
+ * encrypted the aggregator sees only the (masked or encrypted) sum, so the
+ * combination is refused here rather than silently averaged.
+ */
+static fs_status noniid_config(loader *l, double *mu, fs_round_config *out)
+{
+    const char *alg, *rule;
+    double lr, mom, b1, b2, tau, trim;
+    int secure, encrypted;
+    if (fs_config_get_str(l->cfg, "algorithm", "fedavg", &alg) != FS_OK ||
+        fs_config_get_str(l->cfg, "aggregation", "mean", &rule) != FS_OK ||
+        fs_config_get_float(l->cfg, "trim_fraction", 0.2, 0, 0.499999, &trim) != FS_OK ||
+        fs_config_get_bool(l->cfg, "secure_agg", 0, &secure) != FS_OK ||
+        fs_config_get_bool(l->cfg, "encrypted", 0, &encrypted) != FS_OK)
+        return FS_ERR_FORMAT;
+    fs_server_opt_kind kind = FS_SOPT_FEDAVG;
+    if (!strcmp(alg, "fedprox")) {
+        if (!fs_config_has(l->cfg, "prox_mu")) *mu = 0.01;
+        if (!(*mu > 0)) {
+            fs_log_error("algorithm = fedprox needs prox_mu > 0");
+            return FS_ERR_ARG;
+        }
+    } else if (!strcmp(alg, "scaffold")) {
+        out->scaffold = 1;
+    } else if (!strcmp(alg, "fedbn")) {
+        out->local_norm = 1;
+    } else if (fs_server_opt_parse(alg, &kind) != FS_OK) {
+        fs_log_error("algorithm = %s: expected fedavg, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, "
+                     "scaffold or fedbn", alg);
+        return FS_ERR_ARG;
+    }
+    fs_server_opt_hp d = fs_server_opt_defaults(kind);
+    if (fs_config_get_float(l->cfg, "server_lr", d.lr, 1e-12, 1e6, &lr) != FS_OK ||
+        fs_config_get_float(l->cfg, "server_momentum", d.momentum, 0, 0.999999, &mom) != FS_OK ||
+        fs_config_get_float(l->cfg, "server_beta1", d.beta1, 0, 0.999999, &b1) != FS_OK ||
+        fs_config_get_float(l->cfg, "server_beta2", d.beta2, 0, 0.999999, &b2) != FS_OK ||
+        fs_config_get_float(l->cfg, "server_tau", d.tau, 1e-12, 1e6, &tau) != FS_OK)
+        return FS_ERR_FORMAT;
+    out->server_opt = (fs_server_opt_hp){kind, (float)lr, (float)mom, (float)b1, (float)b2, (float)tau};
+    if (fs_agg_rule_parse(rule, &out->agg_rule) != FS_OK) {
+        fs_log_error("aggregation = %s: expected mean, median or trimmed_mean", rule);
+        return FS_ERR_ARG;
+    }
+    out->trim = trim;
+    if (out->agg_rule != FS_AGG_MEAN && (secure || encrypted)) {
+        fs_log_error("aggregation = %s cannot be combined with %s: a coordinate-wise %s needs every "
+                     "site's update in the clear, and the aggregator sees only their %s sum",
+                     rule, secure ? "secure_agg = true" : "encrypted = true",
+                     out->agg_rule == FS_AGG_MEDIAN ? "median" : "trimmed mean",
+                     secure ? "masked" : "encrypted");
+        return FS_ERR_ARG;
+    }
+    if (encrypted) {
+        fs_log_error("encrypted = true: encrypted aggregation (multiparty homomorphic encryption, "
+                     "common/he.h) is not wired into the aggregator yet; use secure_agg = true");
+        return FS_ERR_ARG;
+    }
+    if (secure && out->scaffold) {
+        fs_log_error("algorithm = scaffold cannot be combined with secure_agg = true: SCAFFOLD's "
+                     "control-variate half of the update is not part of the masked vector");
+        return FS_ERR_ARG;
+    }
+    fs_log_info("algorithm %s: server optimiser %s (server_lr %g), aggregation %s%s%s", alg,
+                fs_server_opt_name(kind), lr, rule, out->scaffold ? ", SCAFFOLD control variates" : "",
+                out->local_norm ? ", FedBN (normalisation kept at the sites)" : "");
+    return FS_OK;
+}
+
 int fs_cmd_aggregator(int argc, char **argv)
 {
     static loader l; /* large path buffers: not on the stack */
@@ -369,6 +457,9 @@ int fs_cmd_aggregator(int argc, char **argv)
                      config_path ? config_path : "command line");
         goto done_sites;
     }
+    fs_round_config nonidd;
+    memset(&nonidd, 0, sizeof nonidd);
+    if (noniid_config(&l, &mu, &nonidd) != FS_OK) goto done_sites;
     const fs_preset *pre = fs_preset_find(model);
     if (!pre) {
         fs_log_error("model '%s' is not a preset (tiny, small, ref)", model);
@@ -393,7 +484,10 @@ int fs_cmd_aggregator(int argc, char **argv)
         .state_dir = state_dir, .metrics_path = metrics, .seed = (uint64_t)seed, .dp = dp,
         .secure_agg = secure_agg, .secagg_threshold = (uint32_t)sa_t,
         .secagg_neighbours = (uint32_t)sa_k, .secagg_clip = sa_clip,
-        .secagg_weight_cap = (uint64_t)sa_wcap, .secagg_stage_s = sa_stage};
+        .secagg_weight_cap = (uint64_t)sa_wcap, .secagg_stage_s = sa_stage,
+        .server_opt = nonidd.server_opt, .agg_rule = nonidd.agg_rule, .trim = nonidd.trim,
+        .scaffold = nonidd.scaffold, .local_norm = nonidd.local_norm};
+    uint8_t *local_mask = NULL;
     snprintf(sc.round.model.preset, sizeof sc.round.model.preset, "%s", pre->name);
     sc.round.model.base = (uint32_t)pre->base;
     sc.round.model.depth = (uint32_t)pre->depth;
@@ -410,6 +504,17 @@ int fs_cmd_aggregator(int argc, char **argv)
     }
     sc.w0 = w0;
     sc.num_params = pre->nparams;
+    /* FedBN: the normalisation parameters' deltas must be 0 (a site that
+     * does not keep them local is refused rather than averaged in) */
+    if (sc.round.local_norm) {
+        local_mask = malloc(pre->nparams);
+        if (!local_mask || fs_fedbn_mask(pre->base, pre->depth, local_mask, pre->nparams) == 0) {
+            free(local_mask);
+            free(w0);
+            goto done_sites;
+        }
+        sc.round.local_mask = local_mask;
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -419,11 +524,10 @@ int fs_cmd_aggregator(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
 
     fs_server *srv = NULL;
-    if (fs_server_start(&srv, &sc) != FS_OK) {
-        free(w0);
-        goto done_sites;
-    }
+    fs_status started = fs_server_start(&srv, &sc);
     free(w0);
+    free(local_mask);
+    if (started != FS_OK) goto done_sites;
     int port = fs_server_port(srv);
     const char *colon = strrchr(listen, ':');
     int hostlen = colon ? (int)(colon - listen) : (int)strlen(listen);

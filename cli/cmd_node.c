@@ -30,7 +30,7 @@ static void on_signal(int sig)
 static const char *const node_keys[] = {"aggregator", "server_name", "ca", "cert", "key", "site", "data",
                                         "device", "state_dir", "model", "batch", "threads", "seed",
                                         "rpc_timeout_s", "backoff_max_s", "secagg_drop_stage",
-                                        "secagg_drop_round", NULL};
+                                        "secagg_drop_round", "finetune_epochs", "finetune_lr", NULL};
 
 /* The provisioned node.conf's placeholder for `data`. */
 #define DATA_PLACEHOLDER "/path/to/this/site/data"
@@ -68,7 +68,11 @@ static void node_help(FILE *f)
         "  secagg_drop_stage = STAGE to demonstrate secure aggregation's dropout recovery: leave\n"
         "                            the protocol silently in round secagg_drop_round at STAGE:\n"
         "                            advertise, shares, masked or unmask (default none)\n"
-        "  secagg_drop_round = R     the round of that dropout (default 1)\n\n"
+        "  secagg_drop_round = R     the round of that dropout (default 1)\n"
+        "  finetune_epochs = K       personalisation: after the last round, fine-tune the final\n"
+        "                            model for K local epochs, evaluate it on this site's held-out\n"
+        "                            cases and keep it as STATE_DIR/personal.ckpt (default 0 = no)\n"
+        "  finetune_lr = LR          its learning rate (default: the federation's last lr)\n\n"
         "options (override the file):\n"
         "  --config FILE             the node config\n"
         "  --data DIR[,DIR...]       data = DIR\n"
@@ -99,7 +103,7 @@ static char *resolve(const char *dir, const char *path)
 
 typedef struct {
     char *cfg_dir;       /* folder of the config file ("" when none) */
-    int from_cli[16];    /* per node_keys index: set by a flag       */
+    int from_cli[32];    /* per node_keys index: set by a flag       */
     char *owned[80];     /* strings to free (≤ 4 paths, 1 list, 64 data) */
     int nowned;
     const char *data[64];
@@ -176,6 +180,10 @@ static int build_config(fs_config *cfg, node_args *a, fs_node_config *o)
     }
     if (fs_config_get_int(cfg, "secagg_drop_round", 1, 1, 1000000, &v) != FS_OK) return 0;
     o->secagg_drop_round = (uint32_t)v;
+    if (fs_config_get_int(cfg, "finetune_epochs", 0, 0, 10000, &v) != FS_OK) return 0;
+    o->finetune_epochs = (int)v;
+    if (fs_config_get_float(cfg, "finetune_lr", 0, 0, 1e3, &d) != FS_OK) return 0;
+    o->finetune_lr = (float)d;
 
     char **items = NULL;
     size_t n = 0;

@@ -79,6 +79,11 @@ typedef struct {
     const char *drop_stage;
     long long seed;
     const char *model, *data, *out, *device, *cases;
+    /* non-IID: written into the aggregator's and nodes' configs (docs/protocol.md) */
+    const char *algorithm, *aggregation;
+    double mu, server_lr, fraction, trim;      /* < 0: not given (the aggregator's default) */
+    int finetune_epochs;
+    fs_synth_het heterogeneity;
 } sim_opts;
 
 static void sim_help(FILE *f)
@@ -136,6 +141,16 @@ static void sim_help(FILE *f)
         "  --drop K             with --secure-agg: the last K sites leave the protocol silently in\n"
         "                       round --drop-round (default 2) at --drop-stage STAGE: advertise,\n"
         "                       shares, masked or unmask (default masked), to show the recovery\n"
+        "  --heterogeneity H    synthesized site differences: iid | mild (default) | strong\n"
+        "  --algorithm A        fedavg (default) | fedprox | fedavgm | fedadagrad | fedadam | fedyogi |\n"
+        "                       scaffold | fedbn\n"
+        "  --mu MU              FedProx proximal term (fedprox default 0.01)\n"
+        "  --server-lr ETA      server learning rate (fedavg 1, adaptive optimisers 0.01)\n"
+        "  --aggregation R      mean (default) | median | trimmed_mean\n"
+        "  --trim F             trimmed_mean: share dropped at each end (default 0.2)\n"
+        "  --fraction F         share of the sites sampled per round, 0 < F <= 1 (default 1)\n"
+        "  --finetune-epochs K  personalisation: each site fine-tunes the final model for K\n"
+        "                       local epochs (state/SITE/personal.ckpt; default 0 = none)\n"
         "  -h, --help           this help\n\n"
         "example: fedseg sim --sites 3 --rounds 15 --local-epochs 2 --out run/sim\n",
         GRACE_S);
@@ -168,9 +183,13 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"cases-per-site", required_argument, 0, 'c'}, {"voxel-scale", required_argument, 0, 'x'},
         {"dp-clip", required_argument, 0, 'C'}, {"dp-noise", required_argument, 0, 'Z'},
         {"dp-epsilon", required_argument, 0, 'E'}, {"dp-delta", required_argument, 0, 'Q'},
-        {"secure-agg", no_argument, 0, 'A'}, {"secagg-threshold", required_argument, 0, 'T'},
-        {"secagg-neighbours", required_argument, 0, 'K'}, {"drop", required_argument, 0, 'X'},
-        {"drop-stage", required_argument, 0, 'G'}, {"drop-round", required_argument, 0, 'R'},
+        {"secure-agg", no_argument, 0, 1001}, {"secagg-threshold", required_argument, 0, 1002},
+        {"secagg-neighbours", required_argument, 0, 1003}, {"drop", required_argument, 0, 1004},
+        {"drop-stage", required_argument, 0, 1005}, {"drop-round", required_argument, 0, 1006},
+        {"algorithm", required_argument, 0, 'A'}, {"mu", required_argument, 0, 'u'},
+        {"server-lr", required_argument, 0, 'L'}, {"aggregation", required_argument, 0, 'g'},
+        {"trim", required_argument, 0, 'T'}, {"fraction", required_argument, 0, 'F'},
+        {"finetune-epochs", required_argument, 0, 'k'}, {"heterogeneity", required_argument, 0, 'H'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     memset(o, 0, sizeof *o);
     o->nsites = 3;
@@ -185,6 +204,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     o->seed = 1;
     o->model = "tiny";
     o->device = "auto";
+    o->mu = o->server_lr = o->fraction = o->trim = -1;
     int c, li = -1;
     long long v = 0;
     optind = 1;
@@ -209,12 +229,12 @@ static int parse_args(int argc, char **argv, sim_opts *o)
             break;
         case 'E': ok = fs_arg_double(optarg, 1e-6, 1e6, &o->dp_epsilon); break;
         case 'Q': ok = fs_arg_double(optarg, 1e-300, 0.999999, &o->dp_delta); break;
-        case 'A': o->secure_agg = 1; break;
-        case 'T': ok = fs_arg_ll(optarg, 2, 255, &v); o->sa_threshold = (int)v; break;
-        case 'K': ok = fs_arg_ll(optarg, 2, 254, &v); o->sa_neighbours = (int)v; break;
-        case 'X': ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->drop = (int)v; break;
-        case 'R': ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
-        case 'G':
+        case 1001: o->secure_agg = 1; break;
+        case 1002: ok = fs_arg_ll(optarg, 2, 255, &v); o->sa_threshold = (int)v; break;
+        case 1003: ok = fs_arg_ll(optarg, 2, 254, &v); o->sa_neighbours = (int)v; break;
+        case 1004: ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->drop = (int)v; break;
+        case 1006: ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
+        case 1005:
             o->drop_stage = optarg;
             ok = !strcmp(optarg, "advertise") || !strcmp(optarg, "shares") || !strcmp(optarg, "masked") ||
                  !strcmp(optarg, "unmask");
@@ -223,6 +243,14 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         case 'd': o->data = optarg; break;
         case 'o': o->out = optarg; break;
         case 'c': o->cases = optarg; break;
+        case 'A': o->algorithm = optarg; ok = strspn(optarg, "abcdefghijklmnopqrstuvwxyz") == strlen(optarg); break;
+        case 'g': o->aggregation = optarg; ok = strspn(optarg, "abcdefghijklmnopqrstuvwxyz_") == strlen(optarg); break;
+        case 'u': ok = fs_arg_double(optarg, 0, 1e6, &o->mu); break;
+        case 'L': ok = fs_arg_double(optarg, 1e-12, 1e6, &o->server_lr); break;
+        case 'T': ok = fs_arg_double(optarg, 0, 0.499999, &o->trim); break;
+        case 'F': ok = fs_arg_double(optarg, 1e-9, 1, &o->fraction); break;
+        case 'k': ok = fs_arg_ll(optarg, 0, 10000, &v); o->finetune_epochs = (int)v; break;
+        case 'H': ok = fs_synth_het_parse(optarg, &o->heterogeneity) == FS_OK; break;
         case 'v':
             o->device = optarg;
             ok = !strcmp(optarg, "cpu") || !strcmp(optarg, "cuda") || !strcmp(optarg, "auto");
@@ -240,8 +268,9 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         fprintf(stderr, "fedseg sim: unexpected argument '%s' (see --help)\n", argv[optind]);
         return 2;
     }
-    if (o->data && (o->cases || o->voxel_scale != 1)) {
-        fprintf(stderr, "fedseg sim: --cases-per-site and --voxel-scale shape synthesized data; not with --data\n");
+    if (o->data && (o->cases || o->voxel_scale != 1 || o->heterogeneity != FS_SYNTH_HET_MILD)) {
+        fprintf(stderr, "fedseg sim: --cases-per-site, --voxel-scale and --heterogeneity shape synthesized "
+                        "data; not with --data\n");
         return 2;
     }
     if (o->drop && !o->secure_agg) {
@@ -403,7 +432,7 @@ static fs_status write_agg_config(sim *s)
         "sites = %s\n"
         "rounds = %d\n"
         "min_sites = %d\n"
-        "fraction = 1.0\n"
+        "fraction = %g\n"
         "round_deadline_s = %g\n"
         "# round 1 waits for every site to join (they load their data first)\n"
         "join_wait_s = 120\n"
@@ -418,8 +447,8 @@ static fs_status write_agg_config(sim *s)
         "# the simulation stops the aggregator once every node has the final model\n"
         "linger_s = 120\n"
         "poll_ms = 250\n",
-        sites, o->rounds, o->min_sites ? o->min_sites : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2), o->deadline,
-        o->local_epochs,
+        sites, o->rounds, o->min_sites ? o->min_sites : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2),
+        o->fraction > 0 ? o->fraction : 1.0, o->deadline, o->local_epochs,
         o->steps, o->model, o->lr, o->seed, o->device);
     if (len > 0 && len < (int)sizeof text && o->dp_clip > 0)
         len += snprintf(text + len, sizeof text - (size_t)len,
@@ -443,6 +472,15 @@ static fs_status write_agg_config(sim *s)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_neighbours = %d\n", o->sa_neighbours);
     }
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
+    /* the non-IID keys, only those given (the aggregator's defaults otherwise) */
+    char extra[1024] = "", item[128];
+    if (o->algorithm) { snprintf(item, sizeof item, "algorithm = %s\n", o->algorithm); strcat(extra, item); }
+    if (o->aggregation) { snprintf(item, sizeof item, "aggregation = %s\n", o->aggregation); strcat(extra, item); }
+    if (o->mu >= 0) { snprintf(item, sizeof item, "prox_mu = %g\n", o->mu); strcat(extra, item); }
+    if (o->server_lr > 0) { snprintf(item, sizeof item, "server_lr = %g\n", o->server_lr); strcat(extra, item); }
+    if (o->trim >= 0) { snprintf(item, sizeof item, "trim_fraction = %g\n", o->trim); strcat(extra, item); }
+    if ((size_t)len + strlen(extra) >= sizeof text) return FS_ERR_ARG;
+    strcat(text, extra);
     snprintf(path, sizeof path, "%s/config/aggregator.conf", s->run);
     return write_file(path, text);
 }
@@ -469,9 +507,10 @@ static fs_status write_node_config(sim *s, int i, int port)
         "seed = %lld\n"
         "%s"
         "state_dir = ../state/%s\n"
-        "backoff_max_s = 5\n",
+        "backoff_max_s = 5\n"
+        "finetune_epochs = %d\n",
         nm, port, nm, nm, nm, nm, nm, nm, s->data[i], o->device, o->model, s->threads,
-        o->seed + i + 1, batch, nm);
+        o->seed + i + 1, batch, nm, o->finetune_epochs);
     if (len > 0 && len < (int)sizeof text && o->drop && i >= s->n - o->drop)
         len += snprintf(text + len, sizeof text - (size_t)len,
                         "# --drop: this site leaves secure aggregation once, to show the recovery\n"
@@ -506,6 +545,7 @@ static fs_status prepare_data(sim *s)
     so.nsites = o->nsites;
     so.seed = (uint64_t)o->seed;
     so.voxel_scale = (float)o->voxel_scale;
+    so.heterogeneity = o->heterogeneity;
     if (o->cases) {
         int m = 0;
         const char *p = o->cases;
@@ -522,8 +562,7 @@ static fs_status prepare_data(sim *s)
         }
         for (int i = m; i < so.nsites; i++) so.cases[i] = so.cases[i % m];
     } else {
-        int def[3] = {24, 16, 10};
-        for (int i = 0; i < so.nsites; i++) so.cases[i] = def[i % 3];
+        for (int i = 0; i < so.nsites; i++) so.cases[i] = fs_synth_het_cases(o->heterogeneity, i);
     }
     printf("synthesizing %d site(s) (", so.nsites);
     for (int i = 0; i < so.nsites; i++) printf("%s%d", i ? "," : "", so.cases[i]);

@@ -17,7 +17,8 @@ static void synth_usage(FILE *f)
 {
     fprintf(f,
             "usage: fedseg synth --out DIR [--sites N] [--cases-per-site A,B,...] [--seed S]\n"
-            "                    [--anatomy FILE] [--threads T] [--voxel-scale F] [--quiet]\n\n"
+            "                    [--anatomy FILE] [--threads T] [--voxel-scale F]\n"
+            "                    [--heterogeneity iid|mild|strong] [--quiet]\n\n"
             "Generate a synthetic multi-site brain-tumour federation in the BraTS layout:\n"
             "DIR/site_K/CASE/CASE_{t1,t1ce,t2,flair,seg}.nii.gz plus DIR/site_K/site.json,\n"
             "DIR/site_K/montage.png and DIR/federation.json. Patients are warped copies of a\n"
@@ -27,13 +28,18 @@ static void synth_usage(FILE *f)
             "                       (whose site_K folders are then replaced)\n"
             "  --sites N            number of sites, 1..%d (default 3)\n"
             "  --cases-per-site L   comma-separated cases per site, one number per site\n"
-            "                       (default 24,16,10; for N sites the pattern repeats)\n"
+            "                       (default 24,16,10; for N sites the pattern repeats; with\n"
+            "                       --heterogeneity iid 16,16,16, strong 32,12,6)\n"
             "  --seed S             non-negative integer (default 1); same seed, same bytes\n"
             "  --anatomy FILE       skull-stripped T1 volume (default %s,\n"
             "                       Debian package mricron-data)\n"
             "  --threads T          worker threads (default: all cores); output does not depend on it\n"
             "  --voxel-scale F      multiply every site's voxel size by F in [0.5, 4] (default 1;\n"
             "                       2 gives quick, coarse test data)\n"
+            "  --heterogeneity H    how different the sites are: iid (one scanner, cohort and\n"
+            "                       annotation style for all), mild (the designed profiles; default),\n"
+            "                       strong (every difference from site 1 amplified 2.5x, case\n"
+            "                       numbers skewed)\n"
             "  --quiet              no per-case progress lines\n",
             FS_SYNTH_MAX_SITES, FS_SYNTH_DEFAULT_ANATOMY);
 }
@@ -87,7 +93,7 @@ int fs_cmd_synth(int argc, char **argv)
         }
         if (!v && (!strcmp(a, "--out") || !strcmp(a, "--sites") || !strcmp(a, "--cases-per-site") ||
                    !strcmp(a, "--seed") || !strcmp(a, "--anatomy") || !strcmp(a, "--threads") ||
-                   !strcmp(a, "--voxel-scale"))) {
+                   !strcmp(a, "--voxel-scale") || !strcmp(a, "--heterogeneity"))) {
             fs_log_error("synth: %s needs a value", a);
             return 2;
         }
@@ -116,6 +122,11 @@ int fs_cmd_synth(int argc, char **argv)
                 return 2;
             }
             o.voxel_scale = (float)f;
+        } else if (!strcmp(a, "--heterogeneity")) {
+            if (fs_synth_het_parse(v, &o.heterogeneity) != FS_OK) {
+                fs_log_error("synth: --heterogeneity wants iid, mild or strong, got '%s'", v);
+                return 2;
+            }
         } else if (!strcmp(a, "--cases-per-site")) {
             list_n = 0;
             char buf[1024];
@@ -158,8 +169,7 @@ int fs_cmd_synth(int argc, char **argv)
         o.nsites = list_n;
         memcpy(o.cases, list, sizeof(int) * (size_t)list_n);
     } else {
-        static const int pattern[3] = {24, 16, 10};
-        for (int k = 0; k < o.nsites; k++) o.cases[k] = pattern[k % 3];
+        for (int k = 0; k < o.nsites; k++) o.cases[k] = fs_synth_het_cases(o.heterogeneity, k);
     }
     if (fs_synth_check_out(o.out_dir) != FS_OK) return 2;
     struct timespec t0, t1;

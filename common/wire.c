@@ -482,6 +482,8 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     }
     pm.secagg_clip = m->secagg_clip;
     pm.secagg_weight_cap = m->secagg_weight_cap;
+    pm.scaffold = m->scaffold ? 1 : 0;
+    pm.local_norm = m->local_norm ? 1 : 0;
     return pack(&pm.base, out, len);
 }
 
@@ -512,6 +514,8 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     const field_val *seed = fld(&r, "secagg_round_seed");
     out->secagg_clip = get_f64(&r, "secagg_clip");
     out->secagg_weight_cap = get_u64(&r, "secagg_weight_cap");
+    out->scaffold = get_u64(&r, "scaffold") != 0;
+    out->local_norm = get_u64(&r, "local_norm") != 0;
     if (action > FS_TASK_FINISHED) {
         say(why, whylen, "%s: unknown action %u", msg, action);
         DEC_TRY(FS_ERR_FORMAT);

@@ -123,6 +123,8 @@ typedef struct {
     uint32_t seconds_left;
     uint32_t retry_after_ms;
     uint32_t model_crc32;              /* CRC-32 of the global model's bytes */
+    int scaffold;                      /* download [w | c], update [delta | delta_c] (2·num_params) */
+    int local_norm;                    /* FedBN: normalisation parameters stay at the site */
     float dp_clip;                     /* > 0: clip the update to this L2 norm (DP); 0 = off */
     /* secure aggregation (all zero when secure_agg is 0) */
     int secure_agg;

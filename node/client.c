@@ -13,6 +13,7 @@
  */
 #include "node/client.h"
 #include "node/session.h"
+#include "node/noniid.h"
 #include "node/unet.h"
 #include "common/ckpt.h"
 #include "common/fsutil.h"
@@ -47,8 +48,16 @@ typedef struct {
     char preset[FS_WIRE_PRESET_LEN];
     int preset_auto;
     size_t P;
-    float *wg;      /* the global model last downloaded              */
-    float *delta;   /* w_local - w_global of the update being sent   */
+    size_t U;       /* download / update length: P, or 2P with SCAFFOLD */
+    float *wg;      /* the global model last downloaded ([w | c]: 2P) */
+    float *delta;   /* w_local - w_global of the update being sent ([· | Δc_i]: 2P) */
+    /* non-IID state kept across rounds (node/noniid.h), allocated on first use */
+    float *ci;      /* SCAFFOLD: this site's control variate c_i   */
+    float *corr;    /* SCAFFOLD: c - c_i for the round             */
+    float *local;   /* FedBN: this site's normalisation parameters */
+    uint8_t *mask;  /* FedBN: which parameters those are           */
+    int have_local; /* local holds trained values                  */
+    float last_lr;  /* of the last TRAIN task (personalisation's default) */
     int joined;
     char site_id[FS_WIRE_NAME_LEN];
     /* an update trained but not yet delivered */
@@ -133,6 +142,38 @@ static void note_call(node *n, const fs_call_result *r)
     else snprintf(n->why, sizeof n->why, "%s: %s", code, r->reason[0] ? r->reason : "(no reason)");
 }
 
+static void free_noniid(node *n)
+{
+    free(n->ci);
+    free(n->corr);
+    free(n->local);
+    free(n->mask);
+    n->ci = n->corr = n->local = NULL;
+    n->mask = NULL;
+    n->have_local = 0;
+}
+
+/* Sets the payload length for task t and allocates what its algorithms
+ * keep at the site (once). */
+static fs_status prepare_noniid(node *n, const fs_wire_task *t)
+{
+    n->U = t->scaffold ? 2 * n->P : n->P;
+    if (t->scaffold && !n->ci) {
+        n->ci = calloc(n->P, sizeof(float)); /* c_i starts at 0 */
+        n->corr = malloc(n->P * sizeof(float));
+        if (!n->ci || !n->corr) return FS_ERR_NOMEM;
+    }
+    if (t->local_norm && !n->mask) {
+        int base, depth;
+        fs_session_arch(n->ses, &base, &depth);
+        n->mask = malloc(n->P);
+        n->local = malloc(n->P * sizeof(float));
+        if (!n->mask || !n->local) return FS_ERR_NOMEM;
+        if (fs_fedbn_mask(base, depth, n->mask, n->P) == 0) return FS_ERR_ARG;
+    }
+    return FS_OK;
+}
+
 /* Opens (or reopens, for another preset) the training session. */
 static fs_status open_session(node *n, const char *preset)
 {
@@ -144,13 +185,15 @@ static fs_status open_session(node *n, const char *preset)
     free(n->qbuf);
     n->qbuf = NULL;
     n->wg = n->delta = NULL;
+    free_noniid(n);
     FS_TRY(fs_session_open(&n->ses, c->data, c->ndata, preset, c->device ? c->device : "auto", c->batch,
                            c->seed, c->threads));
     fs_session_set_stop(n->ses, n->stop);
     snprintf(n->preset, sizeof n->preset, "%s", preset);
     n->P = fs_session_nparams(n->ses);
-    n->wg = malloc(n->P * sizeof(float));
-    n->delta = malloc(n->P * sizeof(float));
+    n->U = n->P;
+    n->wg = malloc(2 * n->P * sizeof(float));
+    n->delta = malloc(2 * n->P * sizeof(float));
     if (!n->wg || !n->delta) return FS_ERR_NOMEM;
     n->transfer_ms = n->unary_ms + (long)((double)n->P * 4 * 0.004);
     return FS_OK;
@@ -295,7 +338,7 @@ static fs_status download(node *n, uint32_t round, uint32_t want_crc, uint64_t *
     uint8_t *msg = NULL;
     size_t len = 0;
     FS_TRY(fs_wire_encode_model_request(&rq, &msg, &len));
-    dl_state d = {round, n->P, n->wg, 0, 0, 0, 0, 0, ""};
+    dl_state d = {round, n->U, n->wg, 0, 0, 0, 0, 0, ""};
     fs_call_result r;
     fs_status st = fs_tclient_download(n->cl, fs_federation_methods[FS_M_DOWNLOAD_MODEL].path, msg, len,
                                        dl_sink, &d, (int)n->transfer_ms, &r);
@@ -309,9 +352,9 @@ static fs_status download(node *n, uint32_t round, uint32_t want_crc, uint64_t *
         note_call(n, &r);
         return st == FS_ERR_MISMATCH ? FS_ERR_MISMATCH : st == FS_ERR_NOMEM ? st : FS_ERR_IO;
     }
-    if (d.next != n->P) {
+    if (d.next != n->U) {
         snprintf(n->why, sizeof n->why, "model stream of round %u ended after %llu of %zu parameters", round,
-                 (unsigned long long)d.next, n->P);
+                 (unsigned long long)d.next, n->U);
         return FS_ERR_IO;
     }
     if (d.crc_run != d.crc_msg || (want_crc && d.crc_run != want_crc)) {
@@ -388,7 +431,7 @@ static fs_status push_words(node *n, const void *data, size_t W, const fs_wire_u
 /* Streams n->delta with header n->pend_hdr. FS_OK = accepted. */
 static fs_status push(node *n, uint64_t *bytes)
 {
-    return push_words(n, n->delta, n->P, &n->pend_hdr, bytes);
+    return push_words(n, n->delta, n->U, &n->pend_hdr, bytes);
 }
 
 /* ---- rounds -------------------------------------------------------------- */
@@ -421,18 +464,32 @@ static fs_status local_train(node *n, const fs_wire_task *t, double *loss, doubl
                              uint64_t *recv)
 {
     uint32_t r = t->round;
+    FS_TRY(prepare_noniid(n, t));
+    n->last_lr = t->lr;
     FS_TRY(download(n, r, t->model_crc32, recv));
     save_global(n, "global.ckpt", r - 1);
+    /* FedBN: this site's normalisation parameters replace the global ones */
+    if (t->local_norm && n->have_local) fs_fedbn_restore(n->mask, n->local, n->wg, n->P);
     FS_TRY(fs_session_set_params(n->ses, n->wg));
     FS_TRY(fs_session_eval(n->ses, dice));
     fs_session_seed(n->ses, fs_node_round_seed(n->cfg->seed, r));
+    if (t->scaffold) fs_scaffold_correction(n->wg + n->P, n->ci, n->corr, n->P);
+    FS_TRY(fs_session_set_correction(n->ses, t->scaffold ? n->corr : NULL));
     double t0 = now_s();
     FS_TRY(fs_session_train(n->ses, (int)t->local_epochs, (int)t->steps_per_epoch, t->lr, t->prox_mu,
                             loss));
     *ts = now_s() - t0;
     if (*n->stop) return FS_OK;
     FS_TRY(fs_session_get_params(n->ses, n->delta));
+    if (t->local_norm) {
+        fs_fedbn_keep(n->mask, n->delta, n->local, n->P);
+        n->have_local = 1;
+    }
     for (size_t i = 0; i < n->P; i++) n->delta[i] -= n->wg[i];
+    if (t->local_norm) fs_fedbn_zero(n->mask, n->delta, n->P);
+    if (t->scaffold)
+        FS_TRY(fs_scaffold_update(n->ci, n->wg + n->P, n->delta, fs_session_last_steps(n->ses), t->lr,
+                                  n->delta + n->P, n->P));
     return FS_OK;
 }
 
@@ -649,6 +706,7 @@ static fs_status train_round(node *n, const fs_wire_task *t)
                     n->pend_hdr.round, r);
         n->pending = 0;
     }
+    if (n->pending && n->U != (t->scaffold ? 2 * n->P : n->P)) n->pending = 0;
     if (!n->pending) {
         double t0 = now_s(), loss = NAN, ts = 0, dice[3];
         uint64_t recv = 0;
@@ -672,14 +730,14 @@ static fs_status train_round(node *n, const fs_wire_task *t)
         memset(h, 0, sizeof *h);
         h->protocol_version = FS_PROTOCOL_VERSION;
         h->round = r;
-        h->num_params = n->P;
+        h->num_params = n->U;
         h->num_samples = fs_session_nsamples(n->ses);
         h->train_loss = (float)loss;
         h->global_dice_wt = (float)dice[0];
         h->global_dice_tc = (float)dice[1];
         h->global_dice_et = (float)dice[2];
         h->train_seconds = ts;
-        h->crc32 = fs_wire_crc32_f32(0, n->delta, n->P);
+        h->crc32 = fs_wire_crc32_f32(0, n->delta, n->U);
         n->pending = 1;
         n->pend_model_crc = t->model_crc32;
         n->pend_t0 = t0;
@@ -709,14 +767,39 @@ static fs_status train_round(node *n, const fs_wire_task *t)
     return FS_OK;
 }
 
+/* Personalised fine-tuning (cfg->finetune_epochs > 0): K local epochs of
+ * Adam from the final model (in the session), plain (no proximal term, no
+ * SCAFFOLD correction), evaluated on the site's held-out cases and saved as
+ * STATE_DIR/personal.ckpt. Failures are warnings: the federation is over. */
+static void personalise(node *n, uint32_t rounds)
+{
+    const fs_node_config *c = n->cfg;
+    if (c->finetune_epochs <= 0 || *n->stop) return;
+    float lr = c->finetune_lr > 0 ? c->finetune_lr : n->last_lr > 0 ? n->last_lr : 1e-3f;
+    double dice[3], loss = NAN;
+    fs_session_seed(n->ses, fs_node_round_seed(c->seed, rounds + 1));
+    if (fs_session_set_correction(n->ses, NULL) != FS_OK ||
+        fs_session_train(n->ses, c->finetune_epochs, 0, lr, 0.0f, &loss) != FS_OK || *n->stop ||
+        fs_session_eval(n->ses, dice) != FS_OK || fs_session_get_params(n->ses, n->wg) != FS_OK) {
+        fs_log_warn("personalised fine-tuning failed; the final model is the federated one");
+        return;
+    }
+    memcpy(n->rep.personal_dice, dice, sizeof dice);
+    save_global(n, "personal.ckpt", rounds);
+    printf("personalised model (%d local epochs, lr %g): held-out Dice WT %.3f TC %.3f ET %.3f (federated "
+           "model: WT %.3f TC %.3f ET %.3f)\n", c->finetune_epochs, lr, dice[0], dice[1], dice[2],
+           n->rep.final_dice[0], n->rep.final_dice[1], n->rep.final_dice[2]);
+    fflush(stdout);
+}
+
 /* FINISHED after round t->round: fetch, evaluate and save the final model
  * (a few tries; the federation is over either way). */
 static void finish(node *n, const fs_wire_task *t)
 {
     n->rep.finished = 1;
-    fs_status st = FS_ERR_IO;
+    fs_status st = prepare_noniid(n, t) == FS_OK ? FS_ERR_IO : FS_ERR_NOMEM;
     uint64_t recv = 0;
-    for (int tries = 0; tries < 3 && !*n->stop; tries++) {
+    for (int tries = 0; tries < 3 && !*n->stop && st == FS_ERR_IO; tries++) {
         st = download(n, t->round + 1, t->model_crc32, &recv);
         if (st != FS_ERR_IO) break;
         if (tries < 2 && backoff(n, "downloading the final model") != FS_OK) break;
@@ -727,13 +810,17 @@ static void finish(node *n, const fs_wire_task *t)
         return;
     }
     double dice[3];
+    save_global(n, "global.ckpt", t->round);
+    /* FedBN: the site's model is the global one with its own normalisation */
+    if (t->local_norm && n->have_local) fs_fedbn_restore(n->mask, n->local, n->wg, n->P);
     if (fs_session_set_params(n->ses, n->wg) != FS_OK || fs_session_eval(n->ses, dice) != FS_OK) return;
     memcpy(n->rep.final_dice, dice, sizeof dice);
-    save_global(n, "global.ckpt", t->round);
     save_global(n, "final.ckpt", t->round);
     printf("federation finished after round %u: final global model, held-out Dice WT %.3f TC %.3f ET %.3f "
-           "(received %.2f MB)\n", t->round, dice[0], dice[1], dice[2], recv / 1e6);
+           "(received %.2f MB)%s\n", t->round, dice[0], dice[1], dice[2], recv / 1e6,
+           t->local_norm && n->have_local ? " [FedBN: with this site's normalisation parameters]" : "");
     fflush(stdout);
+    personalise(n, t->round);
 }
 
 /* The loop of client.h. Returns FS_OK when finished or stopped, else the
@@ -808,6 +895,7 @@ fs_status fs_node_run(const fs_node_config *cfg, volatile sig_atomic_t *stop)
     n->tls = (fs_tls_files){cfg->ca, cfg->cert, cfg->key, cfg->server_name};
     n->unary_ms = cfg->rpc_timeout_ms > 0 ? cfg->rpc_timeout_ms : 10000;
     n->rep.final_dice[0] = n->rep.final_dice[1] = n->rep.final_dice[2] = NAN;
+    n->rep.personal_dice[0] = n->rep.personal_dice[1] = n->rep.personal_dice[2] = NAN;
     fs_rng_seed(&n->rng, (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32), 0x6e6f6465ULL);
     const char *preset = cfg->preset && strcmp(cfg->preset, "auto") ? cfg->preset : "tiny";
     n->preset_auto = !cfg->preset || !strcmp(cfg->preset, "auto");
@@ -820,6 +908,7 @@ fs_status fs_node_run(const fs_node_config *cfg, volatile sig_atomic_t *stop)
     free(n->wg);
     free(n->delta);
     free(n->qbuf);
+    free_noniid(n);
     free(n);
     return st;
 }

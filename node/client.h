@@ -22,7 +22,9 @@
  *                         FS_CHUNK_PARAMS chunks, the UpdateHeader on the first;
  *               FINISHED  download the final global model (the one round
  *                         `round + 1` would train on), evaluate it, save it,
- *                         return FS_OK.
+ *                         then (finetune_epochs > 0) fine-tune it locally,
+ *                         evaluate and save that personalised model
+ *                         (STATE_DIR/personal.ckpt), return FS_OK.
  *               TRAIN r with secure_agg: the secure-aggregation stages over
  *                         SecAgg calls (common/secagg.h): advertise keys, get
  *                         the keys, send encrypted shares, get the relayed
@@ -32,6 +34,12 @@
  *                         request answered. WAIT answers are polled; an
  *                         ABANDONED answer ends this site's part in the
  *                         attempt (back to GetTask).
+ *   Non-IID tasks (node/noniid.h): with Task.scaffold the download is [w | c]
+ *   and the update [delta | Δc_i] (2·P values), c_i kept in memory from round
+ *   to round (it starts at 0 again when the node restarts); with
+ *   Task.local_norm (FedBN) the normalisation parameters are this site's own
+ *   (kept in memory; the first round uses the global ones) and their deltas
+ *   are sent as zeros.
  *   One line per round on stdout: round, the global model's Dice (WT TC ET),
  *   training loss, training and round seconds, MB sent and received.
  *
@@ -75,6 +83,7 @@ typedef struct {
     int finished;             /* 1 when the aggregator said FINISHED          */
     uint32_t last_round_done; /* last round whose update was accepted         */
     double final_dice[3];     /* of the final global model (NaN when none)    */
+    double personal_dice[3];  /* after personalised fine-tuning (NaN when none) */
 } fs_node_report;
 
 typedef struct {
@@ -105,6 +114,8 @@ typedef struct {
      * before answering the unmasking request); -1 = never. */
     int secagg_drop_stage;
     uint32_t secagg_drop_round;
+    int finetune_epochs;         /* personalisation: local epochs on the final model (0 = none) */
+    float finetune_lr;           /* 0 = the last task's lr                              */
 } fs_node_config;
 
 /* Runs the node until the federation finishes (FS_OK), *stop becomes non-zero

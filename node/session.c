@@ -30,6 +30,7 @@ struct fs_session {
     uint8_t *y;     /* [batch][S][S]          */
     float *zeros;   /* nparams zeros: Adam reset */
     volatile sig_atomic_t *stop;
+    long last_steps;
 };
 
 static double now_s(void)
@@ -190,6 +191,7 @@ fs_status fs_session_train(fs_session *s, int epochs, int steps_per_epoch, float
     fs_adam_hp hp = {lr, 0.9f, 0.999f, 1e-8f, mu};
     double sum = 0;
     long done = 0;
+    s->last_steps = 0;
     for (int ep = 1; ep <= epochs; ep++)
         for (int k = 0; k < steps; k++) {
             if (s->stop && *s->stop) goto out;
@@ -205,6 +207,21 @@ fs_status fs_session_train(fs_session *s, int epochs, int steps_per_epoch, float
             done++;
         }
 out:
+    s->last_steps = done;
     if (mean_loss && done) *mean_loss = sum / (double)done;
     return FS_OK;
+}
+
+fs_status fs_session_set_correction(fs_session *s, const float *corr)
+{
+    if (!s) return FS_ERR_ARG;
+    return fs_unet_set_correction(s->m, corr);
+}
+
+long fs_session_last_steps(const fs_session *s) { return s->last_steps; }
+
+void fs_session_arch(const fs_session *s, int *base, int *depth)
+{
+    *base = s->pr->base;
+    *depth = s->pr->depth;
 }

@@ -86,4 +86,12 @@ void fs_session_set_stop(fs_session *s, volatile sig_atomic_t *stop);
 fs_status fs_session_train(fs_session *s, int epochs, int steps_per_epoch, float lr, float mu,
                            double *mean_loss);
 
+/* SCAFFOLD: every later training step also moves the parameters by
+ * −lr·corr (corr: nparams floats, copied; NULL = off). node/noniid.h. */
+fs_status fs_session_set_correction(fs_session *s, const float *corr);
+/* Training steps the last fs_session_train call made (K of SCAFFOLD). */
+long fs_session_last_steps(const fs_session *s);
+/* The U-Net's base width and depth (for node/noniid.h's FedBN mask). */
+void fs_session_arch(const fs_session *s, int *base, int *depth);
+
 #endif

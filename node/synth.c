@@ -101,13 +101,69 @@ static void base_profile(int which, sy_site *s)
     }
 }
 
-/* Site K's parameters (1-based) for a seed and an anatomy field of view. */
-static void make_site(int k, int ncases, uint64_t seed, float voxel_scale, const sy_anatomy *a, sy_site *s)
+fs_status fs_synth_het_parse(const char *name, fs_synth_het *out)
 {
-    base_profile((k - 1) % 3, s);
+    if (!name) return FS_ERR_ARG;
+    if (!strcmp(name, "mild")) *out = FS_SYNTH_HET_MILD;
+    else if (!strcmp(name, "iid")) *out = FS_SYNTH_HET_IID;
+    else if (!strcmp(name, "strong")) *out = FS_SYNTH_HET_STRONG;
+    else return FS_ERR_ARG;
+    return FS_OK;
+}
+
+int fs_synth_het_cases(fs_synth_het h, int k)
+{
+    static const int mild[3] = {24, 16, 10}, iid[3] = {16, 16, 16}, strong[3] = {32, 12, 6};
+    const int *c = h == FS_SYNTH_HET_IID ? iid : h == FS_SYNTH_HET_STRONG ? strong : mild;
+    return c[k % 3];
+}
+
+/* x·(x/ref)^(f−1): the log-ratio to the reference multiplied by f. */
+static float amplify_log(float x, float ref, float f)
+{
+    return x > 0 && ref > 0 ? ref * powf(x / ref, f) : x;
+}
+
+/* The strong preset: every parameter's departure from profile 1 (site 1)
+ * amplified by 2.5 (see fs_synth_het in synth.h), then clamped to values the
+ * generator handles. Site 1 itself is unchanged. */
+static void make_strong(sy_site *s)
+{
+    const float f = 2.5f;
+    sy_site r;
+    base_profile(0, &r);
+    for (int q = 0; q < 4; q++) {
+        s->response[q] = amplify_log(s->response[q], r.response[q], f);
+        s->contrast[q] = fminf(1.6f, fmaxf(0.5f, amplify_log(s->contrast[q], r.contrast[q], f)));
+    }
+    if (s->response_kind == 1)
+        for (int q = 0; q < 4; q++) s->response[q] = fminf(4.0f, s->response[q]);
+    else
+        for (int q = 0; q < 4; q++) s->response[q] = fminf(2.0f, fmaxf(0.4f, s->response[q]));
+    s->bias_amp = fminf(0.35f, amplify_log(s->bias_amp, r.bias_amp, f));
+    s->noise = fminf(0.15f, amplify_log(s->noise, r.noise, f));
+    s->psf_xy = fminf(2.5f, amplify_log(s->psf_xy, r.psf_xy, f));
+    s->psf_z = fminf(4.0f, amplify_log(s->psf_z, r.psf_z, f));
+    s->radius_mean = fminf(28.0f, fmaxf(6.0f, amplify_log(s->radius_mean, r.radius_mean, f)));
+    s->p_hgg = fminf(0.98f, fmaxf(0.05f, r.p_hgg + f * (s->p_hgg - r.p_hgg)));
+    s->p_necrotic = fminf(0.98f, fmaxf(0.05f, r.p_necrotic + f * (s->p_necrotic - r.p_necrotic)));
+    s->edema_mean = fminf(3.5f, fmaxf(1.2f, amplify_log(s->edema_mean, r.edema_mean, f)));
+    s->pvh_mean = fminf(1.5f, amplify_log(s->pvh_mean, r.pvh_mean, f));
+    s->lesions_mean = fminf(8.0f, amplify_log(s->lesions_mean, r.lesions_mean, f));
+    s->edema_thr = fminf(0.9f, fmaxf(0.1f, r.edema_thr + f * (s->edema_thr - r.edema_thr)));
+    s->label_jitter = fminf(2.0f, amplify_log(s->label_jitter, r.label_jitter, f));
+    size_t len = strlen(s->profile);
+    if (len + 9 < sizeof s->profile) strcat(s->profile, " [strong]");
+}
+
+/* Site K's parameters (1-based) for a seed and an anatomy field of view. */
+static void make_site(int k, int ncases, uint64_t seed, float voxel_scale, fs_synth_het het,
+                      const sy_anatomy *a, sy_site *s)
+{
+    base_profile(het == FS_SYNTH_HET_IID ? 0 : (k - 1) % 3, s);
     s->index = k;
     s->ncases = ncases;
-    if (k > 3) {
+    if (k > 3 && het != FS_SYNTH_HET_IID) {
         fs_rng r;
         fs_rng_seed(&r, seed, (uint64_t)k);
         float *cont[] = {&s->bias_amp, &s->noise, &s->psf_xy, &s->psf_z, &s->radius_mean, &s->edema_mean,
@@ -119,6 +175,7 @@ static void make_site(int k, int ncases, uint64_t seed, float voxel_scale, const
         s->edema_thr = fminf(0.75f, fmaxf(0.25f, s->edema_thr + 0.08f * (float)fs_rng_normal(&r)));
         s->radius_mean = fminf(24.0f, fmaxf(9.0f, s->radius_mean));
     }
+    if (het == FS_SYNTH_HET_STRONG) make_strong(s);
     for (int q = 0; q < 3; q++) s->vox[q] *= voxel_scale;
     s->nx = (int)lroundf(a->nx * a->dx / s->vox[0]);
     s->ny = (int)lroundf(a->ny * a->dy / s->vox[1]);
@@ -376,7 +433,7 @@ fs_status fs_synth_run(const fs_synth_options *o)
     if (st == FS_OK && (!sites || !res || !job_site || !job_case || !first)) st = FS_ERR_NOMEM;
     char site_dir[FS_SYNTH_MAX_SITES][4096], path[4200];
     for (int k = 0, j = 0; st == FS_OK && k < o->nsites; k++) {
-        make_site(k + 1, o->cases[k], o->seed, o->voxel_scale, &a, &sites[k]);
+        make_site(k + 1, o->cases[k], o->seed, o->voxel_scale, o->heterogeneity, &a, &sites[k]);
         snprintf(site_dir[k], sizeof site_dir[k], "%s/site_%d", o->out_dir, k + 1);
         st = fs_mkdir_p(site_dir[k]);
         first[k] = j;

@@ -25,6 +25,24 @@
 #define FS_SYNTH_MAX_CASES 999 /* per site: case ids have three digits */
 #define FS_SYNTH_DEFAULT_ANATOMY "/usr/share/mricron/templates/ch2bet.nii.gz"
 
+/* How different the sites are (`fedseg synth --heterogeneity`):
+ *   mild    the three designed profiles as they are (scanner, tumour mix,
+ *           annotation style) with 24/16/10 cases: the default, unchanged
+ *   iid     every site gets profile 1 (same scanner, cohort and annotation);
+ *           only the patients differ; equal case numbers
+ *   strong  each site's departure from profile 1 amplified: scanner
+ *           parameters (response, contrast, bias, noise, blur) and tumour
+ *           size by 2.5x in log space, high-grade / necrotic shares and the
+ *           edema labelling threshold by 2.5x around profile 1's values;
+ *           case numbers skewed (32/12/6 of the same 50). */
+typedef enum { FS_SYNTH_HET_MILD = 0, FS_SYNTH_HET_IID, FS_SYNTH_HET_STRONG } fs_synth_het;
+
+/* "iid" | "mild" | "strong"; FS_ERR_ARG otherwise. */
+fs_status fs_synth_het_parse(const char *name, fs_synth_het *out);
+/* Default cases for site k (0-based) of a preset: mild 24,16,10; iid 16,16,16
+ * (about the same total); strong 32,12,6; repeating for more sites. */
+int fs_synth_het_cases(fs_synth_het h, int k);
+
 typedef struct {
     const char *out_dir;
     const char *anatomy;   /* a skull-stripped T1 volume; NULL = FS_SYNTH_DEFAULT_ANATOMY */
@@ -35,6 +53,7 @@ typedef struct {
     float voxel_scale;     /* multiplies every site's voxel size: 1 = as designed,
                               >1 coarser and faster (tests), in [0.5, 4]                */
     int verbose;           /* 1 = one line per case on stderr                          */
+    fs_synth_het heterogeneity; /* site differences (default mild)                     */
 } fs_synth_options;
 
 /* Defaults: 3 sites with 24, 16 and 10 cases, seed 1, the default anatomy,

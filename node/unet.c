@@ -164,6 +164,10 @@ struct fs_unet {
     int graph_state; /* 0 not tried, 1 captured, -1 disabled */
     int graph_n;
     fs_adam_hp graph_hp;
+    int graph_corr;
+    /* SCAFFOLD: a fixed correction added to every step's direction */
+    float *corr;
+    int have_corr;
     int steps_done;
 };
 
@@ -346,6 +350,7 @@ void fs_unet_free(fs_unet *m)
     m->be->free(m->ctx, m->flat);
     m->be->free(m->ctx, m->arena);
     m->be->free(m->ctx, m->ws);
+    m->be->free(m->ctx, m->corr);
     free(m);
 }
 
@@ -387,6 +392,18 @@ fs_status fs_unet_set_prox_ref(fs_unet *m)
     free(host);
     if (st == FS_OK) m->have_ref = 1;
     return st;
+}
+
+fs_status fs_unet_set_correction(fs_unet *m, const float *host)
+{
+    if (!host) {
+        m->have_corr = 0;
+        return FS_OK;
+    }
+    if (!m->corr) FS_TRY(m->be->alloc(m->ctx, (void **)&m->corr, m->P * sizeof(float)));
+    FS_TRY(m->be->upload(m->ctx, m->corr, host, m->P * sizeof(float)));
+    m->have_corr = 1;
+    return FS_OK;
 }
 
 /* ---- forward ---------------------------------------------------------------- */
@@ -541,8 +558,11 @@ static fs_status device_step(fs_unet *m, int n, fs_adam_hp hp)
 {
     FS_TRY(forward(m, n));
     FS_TRY(backward(m, n));
-    return m->be->adam_step(m->ctx, m->P, m->params, m->grads, m->adam_m, m->adam_v,
-                            m->have_ref ? m->wref : NULL, hp, m->adam_state);
+    FS_TRY(m->be->adam_step(m->ctx, m->P, m->params, m->grads, m->adam_m, m->adam_v,
+                            m->have_ref ? m->wref : NULL, hp, m->adam_state));
+    /* SCAFFOLD: w −= lr·(c − c_i) (node/noniid.h) */
+    if (m->have_corr) return m->be->fold(m->ctx, m->P, m->params, m->corr, -hp.lr);
+    return FS_OK;
 }
 
 fs_status fs_unet_train_step(fs_unet *m, const float *x_host, const uint8_t *y_host, int n,
@@ -554,7 +574,8 @@ fs_status fs_unet_train_step(fs_unet *m, const float *x_host, const uint8_t *y_h
     }
     FS_TRY(load_batch(m, x_host, y_host, n));
     const fs_backend *be = m->be;
-    int same = m->graph_n == n && !memcmp(&m->graph_hp, &hp, sizeof hp);
+    int same = m->graph_n == n && !memcmp(&m->graph_hp, &hp, sizeof hp) &&
+               m->graph_corr == m->have_corr;
     if (m->graph_state == 1 && same) {
         FS_TRY(be->graph_replay(m->ctx));
     } else if (m->graph_state >= 0 && m->steps_done >= 1 && (m->graph_state == 0 || !same)) {
@@ -574,6 +595,7 @@ fs_status fs_unet_train_step(fs_unet *m, const float *x_host, const uint8_t *y_h
             m->graph_state = 1;
             m->graph_n = n;
             m->graph_hp = hp;
+            m->graph_corr = m->have_corr;
         }
     } else {
         FS_TRY(device_step(m, n, hp));

@@ -88,6 +88,10 @@ fs_status fs_unet_forward_backward(fs_unet *m, const float *x_host, const uint8_
 fs_status fs_unet_train_step(fs_unet *m, const float *x_host, const uint8_t *y_host, int n,
                              fs_adam_hp hp, float *loss);
 
+/* SCAFFOLD: from now on every training step also does w −= lr·corr (after
+ * Adam; corr: nparams host floats, copied). NULL turns it off. */
+fs_status fs_unet_set_correction(fs_unet *m, const float *host_corr);
+
 /* FedProx: copy the current parameters as the proximal reference w_ref. */
 fs_status fs_unet_set_prox_ref(fs_unet *m);
 
