@@ -23,7 +23,7 @@
  * over rounds and converted to (ε, δ); the distributed discrete Gaussian is
  * accounted with Kairouz et al.'s Proposition 14 (its τ term included).
  * Optional adaptive clipping follows Andrew, Thakkar, McMahan, Ramaswamy
- * (NeurIPS 2021). docs/security_dp.md explains the guarantees and choices.
+ * (NeurIPS 2021). docs/security.md § Differential privacy explains the guarantees and choices.
  *
  * Files: common/dp.c (parameters, clipping, noise, averaging, adaptive
  * clipping), common/dp_accountant.c (RDP, conversions, accountant, σ

@@ -13,7 +13,7 @@
  * polynomial from ChaCha20 keyed by BLAKE2b of the public seed; stochastic
  * rounding from Philox (kernels/philox.h; not secret).
  *
- * Noise (worst case, every draw bounded; see docs/security_he.md): a fresh
+ * Noise (worst case, every draw bounded; see docs/security.md § Encrypted aggregation): a fresh
  * ciphertext decrypts to Δ·m + v with v = e_pk·u + e0 + e1·s, where
  * ‖e_pk‖∞ ≤ n·B_e and ‖s‖∞ ≤ n (sums of n shares), ‖u‖∞ ≤ 1, so
  * ‖v‖∞ ≤ 2·N·n·B_e + B_e. A sum of k ciphertexts has k times that; t partials

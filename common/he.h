@@ -6,7 +6,7 @@
  * Ring-Learning-with-Errors" (PETS 2021), with the secret-key shares
  * Shamir-shared among the sites.
  *
- * Parameters (one fixed set; docs/security_he.md argues each choice):
+ * Parameters (one fixed set; docs/security.md § Encrypted aggregation argues each choice):
  *   ring        R_q = Z_q[X]/(X^N + 1), N = 4096
  *   modulus     q = q0·q1, two NTT-friendly primes q_j ≡ 1 (mod 2N) just under
  *               2^47 (RNS: every polynomial is held as its two residues), so
