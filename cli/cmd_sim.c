@@ -76,6 +76,7 @@ typedef struct {
     double dp_clip, dp_noise, dp_epsilon, dp_delta; /* dp_clip > 0: DP on */
     int dp_noise_given;
     int secure_agg, sa_threshold, sa_neighbours, drop, drop_round;
+    double sa_clip;
     const char *drop_stage;
     long long seed;
     const char *model, *data, *out, *device, *cases;
@@ -138,6 +139,7 @@ static void sim_help(FILE *f)
         "                       learns their sum (docs/security.md); needs 3 or more sites\n"
         "  --secagg-threshold T sites needed to unmask (default floor(2n/3)+1)\n"
         "  --secagg-neighbours K  SecAgg+ neighbours per site, even (default n-1: full SecAgg)\n"
+        "  --secagg-clip C      L2 clip of an update before quantisation (default 10)\n"
         "  --drop K             with --secure-agg: the last K sites leave the protocol silently in\n"
         "                       round --drop-round (default 2) at --drop-stage STAGE: advertise,\n"
         "                       shares, masked or unmask (default masked), to show the recovery\n"
@@ -186,6 +188,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"secure-agg", no_argument, 0, 1001}, {"secagg-threshold", required_argument, 0, 1002},
         {"secagg-neighbours", required_argument, 0, 1003}, {"drop", required_argument, 0, 1004},
         {"drop-stage", required_argument, 0, 1005}, {"drop-round", required_argument, 0, 1006},
+        {"secagg-clip", required_argument, 0, 1007},
         {"algorithm", required_argument, 0, 'A'}, {"mu", required_argument, 0, 'u'},
         {"server-lr", required_argument, 0, 'L'}, {"aggregation", required_argument, 0, 'g'},
         {"trim", required_argument, 0, 'T'}, {"fraction", required_argument, 0, 'F'},
@@ -234,6 +237,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         case 1003: ok = fs_arg_ll(optarg, 2, 254, &v); o->sa_neighbours = (int)v; break;
         case 1004: ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->drop = (int)v; break;
         case 1006: ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
+        case 1007: ok = fs_arg_double(optarg, 1e-9, 1e6, &o->sa_clip); break;
         case 1005:
             o->drop_stage = optarg;
             ok = !strcmp(optarg, "advertise") || !strcmp(optarg, "shares") || !strcmp(optarg, "masked") ||
@@ -466,6 +470,8 @@ static fs_status write_agg_config(sim *s)
                         "# each key or unmasking stage waits up to a quarter of the round deadline\n"
                         "secagg_stage_s = %g\n",
                         o->deadline / 4 < 1 ? 1 : o->deadline / 4 > 60 ? 60 : o->deadline / 4);
+        if (len < (int)sizeof text && o->sa_clip > 0)
+            len += snprintf(text + len, sizeof text - (size_t)len, "secagg_clip = %.9g\n", o->sa_clip);
         if (len < (int)sizeof text && o->sa_threshold)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_threshold = %d\n", o->sa_threshold);
         if (len < (int)sizeof text && o->sa_neighbours)
