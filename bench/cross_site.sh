@@ -8,7 +8,9 @@
 #
 #   FEDSEG=build/fedseg OUT=run/cross sh bench/cross_site.sh [iid mild strong]
 #
-# Environment: EPOCHS (default 6) x STEPS per epoch (default 60) of training,
+# Environment: EPOCHS (default 6) x STEPS per epoch (default 60) of training
+# with BATCH images per step (default: the trainer's, 16 for tiny) and Adam
+# learning rate LR (default 0.001, cosine schedule over the epochs),
 # VOXEL_SCALE (default 2: coarse, quick data), SEED (default 1), THREADS
 # (default 2), CASES (default: the preset's case numbers; e.g. 30,30,30 for
 # less noisy held-out sets), TRAIN_SITES (default: every site; e.g. "site_1"
@@ -20,6 +22,8 @@ FEDSEG=${FEDSEG:-build/fedseg}
 OUT=${OUT:-run/cross-site}
 EPOCHS=${EPOCHS:-6}
 STEPS=${STEPS:-60}
+BATCH=${BATCH:-16}
+LR=${LR:-0.001}
 VOXEL_SCALE=${VOXEL_SCALE:-2}
 SEED=${SEED:-1}
 THREADS=${THREADS:-2}
@@ -33,7 +37,7 @@ printf 'preset\ttrain_site\teval_site\twt\ttc\tet\n' > "$TSV"
 {
   echo "# Cross-site matrix"
   echo
-  echo "tiny trained on one site alone ($EPOCHS epochs x $STEPS steps, Adam lr 0.001 cosine,"
+  echo "tiny trained on one site alone ($EPOCHS epochs x $STEPS steps of batch $BATCH, Adam lr $LR cosine,"
   echo "seed $SEED), scored on every site's held-out cases (fedseg eval --split val);"
   echo "synthetic data at voxel scale $VOXEL_SCALE. Whole-tumour Dice; loss = own site"
   echo "minus the mean over the other sites."
@@ -60,7 +64,7 @@ for H in $PRESETS; do
   echo "$SEP---|" >> "$MD"
   for S in ${TRAIN_SITES:-$SITES}; do
     CK=$OUT/$H-$S.ckpt
-    "$FEDSEG" train --data "$D/$S" --out "$CK" --epochs "$EPOCHS" --steps "$STEPS" --seed "$SEED" \
+    "$FEDSEG" train --data "$D/$S" --out "$CK" --epochs "$EPOCHS" --steps "$STEPS" --batch "$BATCH" --lr "$LR" --seed "$SEED" \
       --threads "$THREADS" --quiet > "$OUT/$H-$S.train.log" 2>&1
     ROW="| $S |"; OWN=""; SUM=0; N=0
     for T in $SITES; do

@@ -30,17 +30,19 @@
  *           annotation style) with 24/16/10 cases: the default, unchanged
  *   iid     every site gets profile 1 (same scanner, cohort and annotation);
  *           only the patients differ; equal case numbers
- *   strong  each site's departure from profile 1 amplified: scanner
- *           parameters (response, contrast, bias, noise, blur) and tumour
- *           size by 2.5x in log space, high-grade / necrotic shares and the
- *           edema labelling threshold by 2.5x around profile 1's values;
- *           case numbers skewed (32/12/6 of the same 50). */
+ *   strong  site 1 as in mild; for the other sites, the departures from
+ *           profile 1 in scanner intensity response and tissue contrast,
+ *           edema label threshold (annotation style) and tumour mix (grade,
+ *           necrosis, edema extent) amplified by 2.5 (log space for scales);
+ *           image quality, outline noise, lesion load and tumour size set
+ *           to profile 1's, so that no site is easier or harder for every
+ *           model; voxel grids as in mild; case numbers skewed (40/20/10). */
 typedef enum { FS_SYNTH_HET_MILD = 0, FS_SYNTH_HET_IID, FS_SYNTH_HET_STRONG } fs_synth_het;
 
 /* "iid" | "mild" | "strong"; FS_ERR_ARG otherwise. */
 fs_status fs_synth_het_parse(const char *name, fs_synth_het *out);
 /* Default cases for site k (0-based) of a preset: mild 24,16,10; iid 16,16,16
- * (about the same total); strong 32,12,6; repeating for more sites. */
+ * (about the same total); strong 40,20,10; repeating for more sites. */
 int fs_synth_het_cases(fs_synth_het h, int k);
 
 typedef struct {
