@@ -871,7 +871,7 @@ static int read_walls(const char *path, double *w, int max)
 }
 
 static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds, int poll_ms,
-                    int barrier, int secure, int drop, double deadline)
+                    int barrier, int secure, int drop, double deadline, int neighbours)
 {
     char cons[1024];
     if (make_consortium(work, nsites, cons, sizeof cons)) return 1;
@@ -883,15 +883,17 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     snprintf(rs, sizeof rs, "%d", rounds);
     snprintf(ms, sizeof ms, "%d", nsites);
     snprintf(ps, sizeof ps, "%d", poll_ms);
-    char ds[32];
+    char ds[32], ks[16];
     snprintf(ds, sizeof ds, "%g", deadline);
+    snprintf(ks, sizeof ks, "%d", neighbours);
     /* with a dropout fewer sites report: the round may close with nsites - 1 */
     if (drop) snprintf(ms, sizeof ms, "%d", nsites - 1);
     const char *argv[] = {fedseg, "aggregator", "--config", conf, "--listen", "127.0.0.1:0",
                           "--port-file", portf, "--model", "ref", "--rounds", rs, "--min-sites", ms,
                           "--join-wait-s", drop ? "60" : "0", "--round-deadline-s", ds, "--linger-s", "3",
                           "--device", "cpu", "--poll-ms", ps, "--seed", "1",
-                          secure ? "--secure-agg" : NULL, "true", "--secagg-stage-s", ds, NULL};
+                          secure ? "--secure-agg" : NULL, "true", "--secagg-stage-s", ds,
+                          neighbours ? "--secagg-neighbours" : NULL, ks, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 1, logf, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -979,9 +981,9 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
     }
     if (!err) {
         printf("{\"mode\":\"fed\",\"server\":\"fedseg aggregator (mTLS)\",\"secure_agg\":%d,"
-               "\"dropout_round1\":%d,\"barrier\":%d,\"sites\":%d,"
+               "\"dropout_round1\":%d,\"neighbours\":%d,\"barrier\":%d,\"sites\":%d,"
                "\"params\":%zu,\"update_bytes\":%zu,\"rounds\":%d,\"poll_ms\":%d,\"deadline_s\":%g",
-               secure, drop, barrier, nsites, P, P * 4, rounds, poll_ms, deadline);
+               secure, drop, neighbours, barrier, nsites, P, P * 4, rounds, poll_ms, deadline);
         print_list("round_seconds", wall, rounds);
         print_list("aggregator_round_seconds", agg_wall, rounds);
         print_list("last_download_done_s", dl_s, rounds);
@@ -1013,7 +1015,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: bench_fed tcp    [--mib M] [--conns K] [--reps N]\n"
                "       bench_fed ingest [--tls 0|1] [--sink] [--sites S] [--params P] [--reps N] [--work DIR]\n"
                "       bench_fed fed    --fedseg PATH [--sites S] [--rounds R] [--poll-ms MS] "
-               "[--barrier] [--secure] [--drop] [--deadline S] [--work DIR]\n"
+               "[--barrier] [--secure [--neighbours K]] [--drop] [--deadline S] [--work DIR]\n"
                "Federation network benchmarks on 127.0.0.1 (see the top of bench/bench_fed.c).\n");
 }
 
@@ -1027,14 +1029,14 @@ int main(int argc, char **argv)
     long mib = 2048, conns = 1, reps = 3, tls = 1, sites = 10, rounds = 3, poll_ms = 100;
     long params = P_REF;
     int barrier = 0, sink = 0, secure = 0, drop = 0;
-    long deadline = 900;
+    long deadline = 900, neighbours = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long *dst = !strcmp(a, "--mib") ? &mib : !strcmp(a, "--conns") ? &conns
                   : !strcmp(a, "--reps") ? &reps : !strcmp(a, "--tls") ? &tls
                   : !strcmp(a, "--sites") ? &sites : !strcmp(a, "--rounds") ? &rounds
                   : !strcmp(a, "--poll-ms") ? &poll_ms : !strcmp(a, "--params") ? &params
-                  : !strcmp(a, "--deadline") ? &deadline : NULL;
+                  : !strcmp(a, "--deadline") ? &deadline : !strcmp(a, "--neighbours") ? &neighbours : NULL;
         if (!strcmp(a, "--barrier")) barrier = 1;
         else if (!strcmp(a, "--secure")) secure = 1;
         else if (!strcmp(a, "--drop")) drop = 1;
@@ -1078,7 +1080,7 @@ int main(int argc, char **argv)
             return 2;
         }
         return mode_fed(work, fedseg, (int)sites, (int)rounds, (int)poll_ms, barrier, secure, drop,
-                        (double)(deadline ? deadline : 1));
+                        (double)(deadline ? deadline : 1), (int)neighbours);
     }
     fprintf(stderr, "bench_fed: unknown mode '%s'\n", mode);
     usage(stderr);
