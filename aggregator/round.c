@@ -1197,7 +1197,9 @@ fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secag
     fs_round_tick(a, now);
     if (a->dead) return FS_ERR_IO;
     reply->stage = req->stage;
-    reply->retry_after_ms = a->cfg.poll_ms < 250 ? a->cfg.poll_ms : 250;
+    /* a stage usually ends within a few hundred ms of its last message:
+     * waiting sites ask again soon (a SecAgg call is small) */
+    reply->retry_after_ms = a->cfg.poll_ms < 25 ? a->cfg.poll_ms : 25;
     uint32_t r = a->completed + 1;
     int current = a->sa && req->round == r && req->attempt == a->sa_attempt && s->sa_index >= 0;
     if (!current) {
