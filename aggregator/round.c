@@ -112,6 +112,9 @@ struct fs_round {
     unsigned crash_nth;
     int dead;
     int dp;                   /* central differential privacy is on */
+    int dp_dist;              /* distributed DP (noise shares under secure aggregation) */
+    int dp_f;                 /* its fixed-point exponent (fs_dp_ddg_quant_bits)     */
+    uint32_t sa_last_masked;  /* masked inputs in the attempt that closed the round  */
     fs_dp_accountant dpa;     /* its ledger over the completed rounds */
     /* secure aggregation of the open round (cfg.secure_agg) */
     fs_secagg_server *sa;     /* the attempt in progress (NULL = none)      */
@@ -680,11 +683,12 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
     }
     sb_printf(&b, "]");
     if (a->cfg.secure_agg && a->sa_summary[0]) sb_printf(&b, ",\"secure_agg\":%s", a->sa_summary);
-    if (a->dp) {
+    if (a->dp || a->dp_dist) {
         /* ε after this round, at the configured δ (the close is decided) */
         fs_dp_accountant next = a->dpa;
-        double eps = fs_dp_accountant_add_round(&next, 0) == FS_OK ? fs_dp_accountant_epsilon(&next)
-                                                                    : NAN;
+        int shares = a->dp_dist ? (int)a->sa_last_masked : 0;
+        double eps = fs_dp_accountant_add_round(&next, shares) == FS_OK ? fs_dp_accountant_epsilon(&next)
+                                                                         : NAN;
         sb_printf(&b, ",\"dp\":{\"clip\":");
         sb_num(&b, a->cfg.dp.clip);
         sb_printf(&b, ",\"noise_multiplier\":");
@@ -828,7 +832,8 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
 
     memcpy(a->model, a->sum.sum, a->U * sizeof *a->model);
     a->completed = r;
-    if (a->dp && fs_dp_accountant_add_round(&a->dpa, 0) != FS_OK)
+    if ((a->dp || a->dp_dist) &&
+        fs_dp_accountant_add_round(&a->dpa, a->dp_dist ? (int)a->sa_last_masked : 0) != FS_OK)
         fs_log_error("round %u: the privacy accountant refused the round", r);
     a->model_crc = fs_wire_crc32_f32(0, a->model, a->P);
     a->dl_crc = fs_wire_crc32_f32(0, a->model, a->U);
@@ -862,7 +867,7 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
 static fs_status try_open(fs_round *a, double now)
 {
     if (a->open || a->closing || a->completed >= a->cfg.rounds) return FS_OK;
-    if (a->dp && fs_dp_accountant_would_exceed(&a->dpa)) {
+    if ((a->dp || a->dp_dist) && fs_dp_accountant_would_exceed(&a->dpa)) {
         /* The budget is spent: this federation ends here, as if R were reached. */
         fs_log_warn("privacy budget: epsilon = %.3f after %u round(s); one more round would exceed "
                     "the budget of %.3f (delta = %g): the federation finishes now",
@@ -1007,7 +1012,8 @@ static fs_status sa_begin(fs_round *a, double now)
     randombytes_buf(p.round_seed, sizeof p.round_seed);
     int f = 0;
     fs_status st = fs_secagg_params_check(&p);
-    if (st == FS_OK) st = fs_secagg_quant_bits(a->cfg.secagg_clip, n, &f);
+    if (st == FS_OK && a->dp_dist) f = a->dp_f; /* the grid of the accountant */
+    else if (st == FS_OK) st = fs_secagg_quant_bits(a->cfg.secagg_clip, n, &f);
     if (st == FS_OK) st = fs_secagg_server_new(&p, &a->sa);
     if (st != FS_OK) {
         fs_log_error("round %u: cannot start secure aggregation among %u site(s): %s", r, n,
@@ -1018,7 +1024,7 @@ static fs_status sa_begin(fs_round *a, double now)
     /* the weight cap: configured, or the largest sample count the selected
      * sites announced when they joined (public already), so that the
      * biggest site sends weight 1 and the fixed-point grid is used fully */
-    uint64_t cap = a->cfg.secagg_weight_cap;
+    uint64_t cap = a->dp_dist ? 1 : a->cfg.secagg_weight_cap; /* DP: every site weighs 1 */
     if (!cap)
         for (size_t i = 0; i < a->n_sites; i++)
             if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
@@ -1124,6 +1130,7 @@ static fs_status sa_finish(fs_round *a, double now)
     fs_log_info("round %u: the masked sum of %u site(s) is unmasked (total weight %.4g)", r,
                 fs_secagg_server_count(a->sa, FS_SECAGG_MASKED), (double)total);
     int all = fs_secagg_server_count(a->sa, FS_SECAGG_MASKED) == a->sap.n_sites;
+    a->sa_last_masked = fs_secagg_server_count(a->sa, FS_SECAGG_MASKED);
     sa_end(a);
     return close_round(a, now, all ? "all_reported" : "deadline");
 }
@@ -1508,9 +1515,17 @@ static fs_status check_config(const fs_round_config *cfg, size_t P)
             fs_log_error("round: secure aggregation needs secagg_clip > 0 and secagg_stage_s > 0");
             return FS_ERR_ARG;
         }
-        if (cfg->dp.mode != FS_DP_OFF) {
-            fs_log_error("round: differential privacy together with secure aggregation (distributed "
-                         "noise) is not available in this aggregator; use one or the other");
+        if (cfg->dp.mode == FS_DP_CENTRAL) {
+            fs_log_error("round: with secure aggregation the aggregator cannot add noise to the sum "
+                         "it never sees unmasked: use distributed DP (noise shares from the sites)");
+            return FS_ERR_ARG;
+        }
+        if (cfg->dp.mode == FS_DP_DISTRIBUTED &&
+            (!cfg->secagg_threshold || cfg->min_sites <= cfg->secagg_threshold ||
+             (cfg->secagg_neighbours && cfg->secagg_neighbours < cfg->secagg_threshold))) {
+            fs_log_error("round: distributed DP needs a fixed secure-aggregation threshold t "
+                         "(secagg_threshold), min_sites > t and neighbours >= t: every revealed sum "
+                         "must hold the noise of at least t sites");
             return FS_ERR_ARG;
         }
         if (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN) {
@@ -1562,9 +1577,29 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     a->cfg.state_dir = a->state_dir;
     a->cfg.metrics_path = a->metrics_path;
     if (cfg->dp.mode == FS_DP_DISTRIBUTED) {
-        fs_log_error("round: distributed (secure-aggregation) differential privacy is not "
-                     "available in this aggregator; use dp = central");
-        goto fail;
+        if (!cfg->secure_agg) {
+            fs_log_error("round: distributed DP needs secure aggregation (secure_agg = true)");
+            goto fail;
+        }
+        if (a->cfg.fraction < 1.0 || a->cfg.dp.adaptive) {
+            fs_log_error("round: differential privacy needs fraction = 1 and a fixed clip");
+            goto fail;
+        }
+        /* the updates are clipped at the DP clip before quantisation, and the
+         * grid leaves room for the noise of the sum */
+        a->cfg.secagg_clip = a->cfg.dp.clip;
+        if (fs_dp_ddg_quant_bits(a->cfg.dp.clip, a->cfg.dp.noise_multiplier, (uint32_t)a->n_sites,
+                                 a->cfg.secagg_threshold, &a->dp_f) != FS_OK)
+            goto fail;
+        a->cfg.dp.sites = (int)a->n_sites;
+        a->cfg.dp.min_sites = (int)a->cfg.secagg_threshold;
+        a->cfg.dp.granularity = ldexp(1.0, -a->dp_f);
+        a->cfg.dp.dim = P;
+        a->cfg.dp.sample_rate = 1.0;
+        if (fs_dp_params_check(&a->cfg.dp) != FS_OK ||
+            fs_dp_accountant_init(&a->dpa, &a->cfg.dp) != FS_OK)
+            goto fail;
+        a->dp_dist = 1;
     }
     if (cfg->dp.mode == FS_DP_CENTRAL) {
         /* Privacy amplification by sampling needs Poisson sampling kept
@@ -1657,11 +1692,13 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
                     a->n_sites, a->cfg.rounds, P);
     }
     if ((st = fs_journal_open(&a->journal, a->journal_path)) != FS_OK) goto fail;
-    if (a->dp) {
+    if (a->dp || a->dp_dist) {
         /* The ledger is a function of the completed rounds (σ, q and C are
-         * fixed for a federation): replay them. */
+         * fixed for a federation): replay them — under distributed DP with
+         * the worst case of t noise shares each (their counts are not kept). */
         for (uint32_t k = 0; k < a->completed; k++)
-            if ((st = fs_dp_accountant_add_round(&a->dpa, 0)) != FS_OK) goto fail;
+            if ((st = fs_dp_accountant_add_round(&a->dpa, a->dp_dist ? a->cfg.dp.min_sites : 0)) != FS_OK)
+                goto fail;
         if (a->completed)
             fs_log_info("privacy: epsilon = %.3f after %u round(s) (delta = %g)",
                         fs_dp_accountant_epsilon(&a->dpa), a->completed, a->cfg.dp.delta);
@@ -1802,6 +1839,12 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
             memcpy(task->secagg_round_seed, a->sap.round_seed, sizeof task->secagg_round_seed);
             task->secagg_clip = a->cfg.secagg_clip;
             task->secagg_weight_cap = a->sa_wcap;
+            if (a->dp_dist) {
+                task->dp_distributed = 1;
+                task->dp_noise_multiplier = (float)a->cfg.dp.noise_multiplier;
+                task->secagg_quant_bits = a->sa_f;
+                task->secagg_clip = a->cfg.dp.clip;
+            }
         }
     } else if (a->open && !a->closing && s->selected && !s->submitted && !s->uploading) {
         task->action = FS_TASK_TRAIN;

@@ -92,9 +92,12 @@ static void agg_help(FILE *f)
         "  linger_s = S               after the last round, keep serving the final model (default 30)\n"
         "  poll_ms = MS               how often waiting sites ask again (default 1000)\n"
         "  port_file = FILE           write the bound port here once listening (useful with port 0)\n"
-        "  dp = off|central           client-level differential privacy (DP-FedAvg; docs/security.md):\n"
-        "                             sites clip their update to dp_clip, each counts once, the\n"
-        "                             aggregator adds Gaussian noise to the sum (default off)\n"
+        "  dp = off|central|distributed  client-level differential privacy (DP-FedAvg;\n"
+        "                             docs/security.md): sites clip their update to dp_clip, each\n"
+        "                             counts once; central: the aggregator adds Gaussian noise to the\n"
+        "                             sum; distributed (with secure_agg and secagg_threshold T,\n"
+        "                             min_sites > T): each site adds a discrete Gaussian noise share\n"
+        "                             before masking (default off)\n"
         "  dp_clip = C                L2 bound of one site's update (default 1)\n"
         "  dp_noise_multiplier = Z    noise standard deviation on the sum = Z*C (default 1)\n"
         "  dp_delta = D               the delta of the reported (epsilon, delta) (default 1e-5)\n"
@@ -434,8 +437,10 @@ int fs_cmd_aggregator(int argc, char **argv)
         goto done_sites;
     if (!strcmp(dp_mode, "central")) {
         dp.mode = FS_DP_CENTRAL;
+    } else if (!strcmp(dp_mode, "distributed")) {
+        dp.mode = FS_DP_DISTRIBUTED;
     } else if (strcmp(dp_mode, "off") != 0) {
-        fs_log_error("dp = %s: expected off or central", dp_mode);
+        fs_log_error("dp = %s: expected off, central or distributed", dp_mode);
         goto done_sites;
     } else if (fs_config_has(l.cfg, "dp_clip") || fs_config_has(l.cfg, "dp_noise_multiplier") ||
                fs_config_has(l.cfg, "dp_epsilon")) {

@@ -281,11 +281,6 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         fprintf(stderr, "fedseg sim: --drop shows secure aggregation's recovery: it needs --secure-agg\n");
         return 2;
     }
-    if (o->secure_agg && o->dp_clip) {
-        fprintf(stderr, "fedseg sim: --secure-agg and --dp-* together are not available (the aggregator "
-                        "adds DP noise in plain mode only)\n");
-        return 2;
-    }
     if (!o->dp_clip && (o->dp_noise_given || o->dp_epsilon)) {
         fprintf(stderr, "fedseg sim: --dp-noise and --dp-epsilon need --dp-clip C (the bound on each update)\n");
         return 2;
@@ -451,18 +446,21 @@ static fs_status write_agg_config(sim *s)
         "# the simulation stops the aggregator once every node has the final model\n"
         "linger_s = 120\n"
         "poll_ms = 250\n",
-        sites, o->rounds, o->min_sites ? o->min_sites : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2),
+        sites, o->rounds,
+        /* distributed DP: every round needs more sites than the threshold */
+        o->min_sites ? o->min_sites : o->secure_agg && o->dp_clip > 0 ? s->n : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2),
         o->fraction > 0 ? o->fraction : 1.0, o->deadline, o->local_epochs,
         o->steps, o->model, o->lr, o->seed, o->device);
     if (len > 0 && len < (int)sizeof text && o->dp_clip > 0)
         len += snprintf(text + len, sizeof text - (size_t)len,
                         "# client-level differential privacy (--dp-*)\n"
-                        "dp = central\n"
+                        "dp = %s\n"
                         "dp_clip = %.9g\n"
                         "dp_noise_multiplier = %.9g\n"
                         "dp_delta = %.9g\n"
                         "dp_epsilon = %.9g\n",
-                        o->dp_clip, o->dp_noise, o->dp_delta, o->dp_epsilon);
+                        o->secure_agg ? "distributed" : "central", o->dp_clip, o->dp_noise, o->dp_delta,
+                        o->dp_epsilon);
     if (len > 0 && len < (int)sizeof text && o->secure_agg) {
         len += snprintf(text + len, sizeof text - (size_t)len,
                         "# secure aggregation (--secure-agg)\n"
@@ -474,6 +472,7 @@ static fs_status write_agg_config(sim *s)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_clip = %.9g\n", o->sa_clip);
         if (len < (int)sizeof text && o->sa_threshold)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_threshold = %d\n", o->sa_threshold);
+
         if (len < (int)sizeof text && o->sa_neighbours)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_neighbours = %d\n", o->sa_neighbours);
     }
@@ -526,6 +525,47 @@ static fs_status write_node_config(sim *s, int i, int port)
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
     snprintf(path, sizeof path, "%s/config/%s.conf", s->run, nm);
     return write_file(path, text);
+}
+
+/* Distributed DP under secure aggregation: a fixed threshold t (< n, so that
+ * every round's sum holds t noise shares) and, when --dp-noise was not
+ * given, the smallest noise multiplier (in 2% steps up from the Gaussian
+ * calibration) whose distributed-discrete-Gaussian ledger keeps all rounds
+ * within --dp-epsilon, counting t shares per round. */
+static fs_status distributed_dp_setup(sim_opts *o, int n)
+{
+    int t = o->sa_threshold ? o->sa_threshold : 2 * n / 3 + 1;
+    if (t > n - 1) t = n - 1;
+    if (t < 2) t = 2;
+    if (t >= n) {
+        fs_log_error("--dp-* with --secure-agg needs more sites than the threshold (%d site(s), t %d)", n, t);
+        return FS_ERR_ARG;
+    }
+    o->sa_threshold = t;
+    if (o->dp_noise_given) return FS_OK;
+    const fs_preset *pr = fs_preset_find(o->model);
+    for (int it = 0; it < 400; it++, o->dp_noise *= 1.02) {
+        int f;
+        if (fs_dp_ddg_quant_bits(o->dp_clip, o->dp_noise, (uint32_t)n, (uint32_t)t, &f) != FS_OK) continue;
+        fs_dp_params p;
+        fs_dp_params_default(&p);
+        p.mode = FS_DP_DISTRIBUTED;
+        p.clip = o->dp_clip;
+        p.noise_multiplier = o->dp_noise;
+        p.delta = o->dp_delta;
+        p.sites = n;
+        p.min_sites = t;
+        p.granularity = ldexp(1.0, -f);
+        p.dim = pr ? pr->nparams : 1;
+        fs_dp_accountant acc;
+        if (fs_dp_accountant_init(&acc, &p) != FS_OK) continue;
+        int ok = 1;
+        for (int r = 0; r < o->rounds && ok; r++) ok = fs_dp_accountant_add_round(&acc, t) == FS_OK;
+        if (ok && fs_dp_accountant_epsilon(&acc) <= o->dp_epsilon) return FS_OK;
+    }
+    fs_log_error("no noise multiplier keeps %d rounds of distributed DP within epsilon %g", o->rounds,
+                 o->dp_epsilon);
+    return FS_ERR_ARG;
 }
 
 /* Makes the data: synthesized into RUN/data, or the site_* folders of --data. */
@@ -882,6 +922,7 @@ int fs_cmd_sim(int argc, char **argv)
         fs_log_error("--drop %d: only %d site(s)", o.drop, s.n);
         return 1;
     }
+    if (o.secure_agg && o.dp_clip > 0 && distributed_dp_setup(&o, s.n) != FS_OK) return 1;
     if (provision(&s) != FS_OK) {
         fs_log_error("cannot provision the consortium in %s/consortium", o.out);
         return 1;

@@ -326,6 +326,19 @@ fs_status fs_dp_dgauss_init(fs_dp_dgauss *g, double s) FS_DP_WARN_UNUSED;
 void fs_dp_dgauss_sample(const fs_dp_dgauss *g, const uint8_t key[32], uint64_t offset,
                          int64_t *out, size_t n);
 
+/*
+ * The fixed-point exponent f (granularity 2^-f) of a securely aggregated
+ * round with distributed noise: the largest f for which (1) the sum of up to
+ * n_max sites' updates (each at most max(clip, 1) per coordinate) plus ten
+ * standard deviations of the summed noise σ·clip·sqrt(n_max / t) stays below
+ * 2^31 (no wrap-around), and (2) a site's local noise stddev σ·clip·2^f/√t
+ * stays within FS_DP_DGAUSS_MAX_SIGMA. The aggregator computes it and sends it
+ * to the sites. FS_ERR_ARG (logged) when no f in [-60, 60] fits or the
+ * local stddev would fall below 1/2 step.
+ */
+fs_status fs_dp_ddg_quant_bits(double clip, double sigma, uint32_t n_max, uint32_t t, int *f)
+    FS_DP_WARN_UNUSED;
+
 /* x[i] += sample offset+i, modulo 2^32 (the secure-aggregation ring): a site's
  * noise share added to its quantised update before masking. */
 void fs_dp_dgauss_add_u32(const fs_dp_dgauss *g, const uint8_t key[32], uint64_t offset,

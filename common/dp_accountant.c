@@ -113,6 +113,30 @@ double fs_dp_ddg_l1_bound(double l2, uint64_t d)
     return l2 * fmin(sqrt((double)d), l2);
 }
 
+fs_status fs_dp_ddg_quant_bits(double clip, double sigma, uint32_t n_max, uint32_t t, int *f)
+{
+    if (!f || !(clip > 0) || !isfinite(clip) || !(sigma > 0) || !isfinite(sigma) || n_max < 1 ||
+        t < 1 || t > n_max) {
+        fs_log_error("dp: distributed noise needs clip > 0, sigma > 0 and 1 <= t <= n (got clip %g, "
+                     "sigma %g, t %u, n %u)", clip, sigma, t, n_max);
+        return FS_ERR_ARG;
+    }
+    double b = clip > 1 ? clip : 1;
+    double range = (double)n_max * b + 10.0 * sigma * clip * sqrt((double)n_max / (double)t);
+    for (int k = 60; k >= -60; k--) {
+        double step = ldexp(1.0, k);
+        double local = sigma * clip * step / sqrt((double)t);
+        if (range * step + (double)n_max < 2147483648.0 && local <= FS_DP_DGAUSS_MAX_SIGMA) {
+            if (local < 0.5) break;
+            *f = k;
+            return FS_OK;
+        }
+    }
+    fs_log_error("dp: no fixed-point grid holds %u sites' updates (clip %g) with noise multiplier %g",
+                 n_max, clip, sigma);
+    return FS_ERR_ARG;
+}
+
 double fs_dp_ddg_local_stddev(const fs_dp_params *p)
 {
     return p->noise_multiplier * p->clip / (p->granularity * sqrt((double)p->min_sites));

@@ -197,7 +197,8 @@ static fs_status scan(const ProtobufCMessageDescriptor *desc, const uint8_t *b, 
             say(why, whylen, "%s: field %s appears twice", msg, fd->name);
             return FS_ERR_FORMAT;
         }
-        if ((fd->type == PROTOBUF_C_TYPE_UINT32 || fd->type == PROTOBUF_C_TYPE_ENUM) && v > 0xffffffffu) {
+        if ((fd->type == PROTOBUF_C_TYPE_UINT32 || fd->type == PROTOBUF_C_TYPE_ENUM ||
+             fd->type == PROTOBUF_C_TYPE_SINT32) && v > 0xffffffffu) {
             say(why, whylen, "%s: field %s: %llu does not fit 32 bits", msg, fd->name,
                 (unsigned long long)v);
             return FS_ERR_FORMAT;
@@ -482,6 +483,9 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     }
     pm.secagg_clip = m->secagg_clip;
     pm.secagg_weight_cap = m->secagg_weight_cap;
+    pm.dp_distributed = m->dp_distributed ? 1 : 0;
+    pm.dp_noise_multiplier = m->dp_noise_multiplier;
+    pm.secagg_quant_bits = m->secagg_quant_bits;
     pm.scaffold = m->scaffold ? 1 : 0;
     pm.local_norm = m->local_norm ? 1 : 0;
     return pack(&pm.base, out, len);
@@ -514,6 +518,12 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     const field_val *seed = fld(&r, "secagg_round_seed");
     out->secagg_clip = get_f64(&r, "secagg_clip");
     out->secagg_weight_cap = get_u64(&r, "secagg_weight_cap");
+    out->dp_distributed = get_u64(&r, "dp_distributed") != 0;
+    out->dp_noise_multiplier = get_f32(&r, "dp_noise_multiplier");
+    {
+        uint64_t zz = get_u64(&r, "secagg_quant_bits"); /* zigzag (sint32) */
+        out->secagg_quant_bits = (int32_t)((zz >> 1) ^ (~(zz & 1) + 1));
+    }
     out->scaffold = get_u64(&r, "scaffold") != 0;
     out->local_norm = get_u64(&r, "local_norm") != 0;
     if (action > FS_TASK_FINISHED) {
@@ -543,7 +553,20 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
         DEC_TRY(check_finite_min(msg, "secagg_clip", out->secagg_clip, 0.0, 1, why, whylen));
         DEC_TRY(check_range_u64(msg, "secagg_weight_cap", out->secagg_weight_cap, 1,
                                 FS_WIRE_MAX_SAMPLES, why, whylen));
-    } else if (out->secagg_sites || out->secagg_threshold || out->secagg_neighbours || seed->len ||
+        if (out->dp_distributed) {
+            DEC_TRY(check_finite_min(msg, "dp_noise_multiplier", out->dp_noise_multiplier, 0.0, 1, why,
+                                     whylen));
+            if (out->secagg_quant_bits < -60 || out->secagg_quant_bits > 60) {
+                say(why, whylen, "%s: secagg_quant_bits = %d is outside [-60, 60]", msg,
+                    (int)out->secagg_quant_bits);
+                DEC_TRY(FS_ERR_FORMAT);
+            }
+        } else if (out->dp_noise_multiplier != 0 || out->secagg_quant_bits != 0) {
+            say(why, whylen, "%s: distributed-DP fields set but dp_distributed is false", msg);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+    } else if (out->dp_distributed || out->dp_noise_multiplier != 0 || out->secagg_quant_bits != 0 ||
+               out->secagg_sites || out->secagg_threshold || out->secagg_neighbours || seed->len ||
                out->secagg_clip != 0 || out->secagg_weight_cap || out->secagg_index ||
                out->secagg_attempt) {
         say(why, whylen, "%s: secagg fields set but secure_agg is false", msg);

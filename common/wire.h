@@ -136,6 +136,9 @@ typedef struct {
     uint8_t secagg_round_seed[32];
     double secagg_clip;                /* finite, > 0                           */
     uint64_t secagg_weight_cap;        /* ≥ 1                                   */
+    int dp_distributed;                /* secure_agg only: add a noise share     */
+    float dp_noise_multiplier;         /* > 0 with dp_distributed                */
+    int32_t secagg_quant_bits;         /* f, -60..60, with dp_distributed        */
 } fs_wire_task;
 
 /* DownloadModel (server stream): one request, then ModelChunks in order. */

@@ -601,7 +601,13 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
     double t0 = now_s(), loss = NAN, ts = 0, dice[3];
     uint64_t recv = 0, sent = 0;
     fs_status st = fs_secagg_params_check(&p);
-    if (st == FS_OK) st = fs_secagg_quant_bits(t->secagg_clip, t->secagg_sites, &f);
+    if (st == FS_OK && t->dp_distributed) f = (int)t->secagg_quant_bits; /* the aggregator's grid */
+    else if (st == FS_OK) st = fs_secagg_quant_bits(t->secagg_clip, t->secagg_sites, &f);
+    fs_dp_dgauss g;
+    double local_sd = t->dp_distributed ? (double)t->dp_noise_multiplier * t->secagg_clip * ldexp(1.0, f) /
+                                              sqrt((double)t->secagg_threshold)
+                                        : 0;
+    if (st == FS_OK && t->dp_distributed) st = fs_dp_dgauss_init(&g, local_sd);
     if (st == FS_OK) st = fs_secagg_site_new(&p, t->secagg_index, &sa);
     if (st != FS_OK) {
         snprintf(n->why, sizeof n->why, "round %u: cannot take part in secure aggregation: %s", r,
@@ -632,7 +638,7 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
     if (*n->stop) goto done;
     if (drop_here(n, t, 2)) goto done;
     uint64_t m = fs_session_nsamples(n->ses);
-    if (m > t->secagg_weight_cap) {
+    if (m > t->secagg_weight_cap && !t->dp_distributed) {
         fs_log_warn("round %u: %llu training slices exceed the weight cap %llu; counted as the cap", r,
                     (unsigned long long)m, (unsigned long long)t->secagg_weight_cap);
         m = t->secagg_weight_cap;
@@ -643,8 +649,21 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
                 t->secagg_clip, scale < 1 ? " (scaled down)" : "");
     uint64_t sr_seed;
     randombytes_buf(&sr_seed, sizeof sr_seed);
+    if (m > t->secagg_weight_cap) m = t->secagg_weight_cap; /* DP: every site weighs 1 */
     SA_TRY(fs_secagg_encode_update(n->delta, n->P, m, t->secagg_weight_cap, t->secagg_clip, f, sr_seed,
                                    n->qbuf));
+    if (t->dp_distributed) {
+        /* WARNING: this site's share of the privacy noise (Kairouz et al.
+         * 2021): a discrete Gaussian of stddev σ·C·2^f/√t integer steps on
+         * every update word, from a fresh secret key, added before masking so
+         * that the aggregator only ever sees it inside the masked sum. */
+        uint8_t nkey[32];
+        randombytes_buf(nkey, sizeof nkey);
+        fs_dp_dgauss_add_u32(&g, nkey, 0, n->qbuf, n->P);
+        sodium_memzero(nkey, sizeof nkey);
+        fs_log_info("round %u: noise share added (discrete Gaussian, stddev %.4g steps of 2^-%d)", r,
+                    local_sd, f);
+    }
     SA_TRY(fs_secagg_site_mask(sa, n->qbuf, 0, n->P + 1, n->qbuf));
     fs_wire_update_header h;
     memset(&h, 0, sizeof h);

@@ -14,11 +14,18 @@
  *               every site it completes
  *   refusals    a plain (unmasked) update, a masked update of a stale
  *               attempt, a SecAgg call of a site outside the attempt
+ *   dp          distributed DP (dp.mode FS_DP_DISTRIBUTED, t = 3 of 4): the
+ *               Task carries the grid and σ; sites add discrete Gaussian
+ *               shares of stddev σ·C·2^f/√t steps to zero updates; the new
+ *               model moves by noise of stddev σ·C·√(4/3)/4 per coordinate
+ *               (within 3%), unweighted; dp.epsilon in the metrics equals
+ *               the accountant's after one round with 4 shares
  */
 #include "check.h"
 #include "aggregator/round.h"
 #include "common/log.h"
 #include "common/rng.h"
+#include "common/dp.h"
 #include "common/secagg.h"
 #include "common/wire.h"
 
@@ -229,6 +236,141 @@ static double mean_error(const float *model, const float *before, float d[NS][P]
     return worst;
 }
 
+/* Distributed DP: one round, four sites with zero updates adding noise. */
+static void test_distributed_dp(void)
+{
+    char dir[] = "round_secagg_dp_XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); exit(1); }
+    static float w0[P];
+    fs_round_config c;
+    memset(&c, 0, sizeof c);
+    c.sites = SITES;
+    c.n_sites = NS;
+    c.rounds = 2;
+    c.min_sites = 4;
+    c.fraction = 1.0;
+    c.deadline_s = 100;
+    c.join_wait_s = 5;
+    c.local_epochs = 1;
+    c.lr = 1e-3f;
+    c.state_dir = dir;
+    strcpy(c.model.preset, "tiny");
+    c.model.base = 8;
+    c.model.depth = 4;
+    c.model.size = 64;
+    c.secure_agg = 1;
+    c.secagg_clip = 10;
+    c.secagg_stage_s = 10;
+    c.secagg_threshold = 3;
+    fs_dp_params_default(&c.dp);
+    c.dp.mode = FS_DP_DISTRIBUTED;
+    c.dp.clip = 0.5;
+    c.dp.noise_multiplier = 2.0;
+    c.dp.delta = 1e-5;
+    fs_round *a = NULL;
+    if (fs_round_open(&a, &c, w0, P, 0) != FS_OK) {
+        CHECK(0, "open with distributed DP");
+        return;
+    }
+    for (int s = 0; s < NS; s++) {
+        fs_wire_join_request req = {FS_PROTOCOL_VERSION, "tiny", SAMPLES[s], ""};
+        fs_wire_join_reply rep;
+        CHECK(fs_round_join(a, SITES[s], &req, 0, &rep) == FS_OK, "join");
+    }
+    double now = 6;
+    site_state st[NS];
+    memset(st, 0, sizeof st);
+    char why[256];
+    static uint32_t q[P + 1];
+    for (int s = 0; s < NS; s++) {
+        CHECK(fs_round_task(a, SITES[s], now, &st[s].t, why, sizeof why) == FS_OK && st[s].t.dp_distributed &&
+                  st[s].t.dp_noise_multiplier == 2.0f && st[s].t.secagg_clip == 0.5 &&
+                  st[s].t.secagg_weight_cap == 1,
+              "%s: a distributed-DP task (clip %g, cap %llu)", SITES[s], st[s].t.secagg_clip,
+              (unsigned long long)st[s].t.secagg_weight_cap);
+        fs_secagg_params p = {st[s].t.round, st[s].t.secagg_sites, st[s].t.secagg_threshold,
+                              st[s].t.secagg_neighbours, P + 1, {0}};
+        memcpy(p.round_seed, st[s].t.secagg_round_seed, 32);
+        CHECK(fs_secagg_site_new(&p, st[s].t.secagg_index, &st[s].sa) == FS_OK, "site_new");
+        uint8_t *m = NULL;
+        size_t ml = 0;
+        CHECK(fs_secagg_site_advertise(st[s].sa, &m, &ml) == FS_OK, "advertise");
+        CHECK(call(a, s, &st[s].t, FS_SA_ADVERTISE, m, ml, now, NULL, NULL) == FS_SA_OK, "ADVERTISE");
+        fs_secagg_msg_free(m, ml);
+    }
+    for (int s = 0; s < NS; s++) {
+        uint8_t *keys = NULL, *m = NULL;
+        size_t kl = 0, ml = 0;
+        CHECK(call(a, s, &st[s].t, FS_SA_GET_KEYS, NULL, 0, now, &keys, &kl) == FS_SA_OK, "keys");
+        CHECK(fs_secagg_site_share_keys(st[s].sa, keys, kl, &m, &ml) == FS_OK, "share_keys");
+        CHECK(call(a, s, &st[s].t, FS_SA_SHARES, m, ml, now, NULL, NULL) == FS_SA_OK, "SHARES");
+        free(keys);
+        fs_secagg_msg_free(m, ml);
+    }
+    int f = st[0].t.secagg_quant_bits;
+    double local = 2.0 * 0.5 * ldexp(1.0, f) / sqrt(3.0);
+    static float zero[P];
+    for (int s = 0; s < NS; s++) {
+        uint8_t *relay = NULL;
+        size_t rl = 0;
+        CHECK(call(a, s, &st[s].t, FS_SA_GET_RELAY, NULL, 0, now, &relay, &rl) == FS_SA_OK, "relay");
+        CHECK(fs_secagg_site_recv_shares(st[s].sa, relay, rl) == FS_OK, "recv_shares");
+        free(relay);
+        CHECK(fs_secagg_encode_update(zero, P, 1, 1, 0.5, f, 7 + (uint64_t)s, q) == FS_OK, "encode");
+        fs_dp_dgauss g;
+        CHECK(fs_dp_dgauss_init(&g, local) == FS_OK, "dgauss init (stddev %g)", local);
+        uint8_t key[32] = {(uint8_t)(s + 1)};
+        fs_dp_dgauss_add_u32(&g, key, 0, q, P);
+        CHECK(fs_secagg_site_mask(st[s].sa, q, 0, P + 1, q) == FS_OK, "mask");
+        CHECK(push_masked(a, s, 1, st[s].t.secagg_attempt, q, P + 1, now, why, sizeof why) == FS_OK, "push: %s",
+              why);
+    }
+    for (int s = 0; s < NS; s++) {
+        uint8_t *req = NULL, *m = NULL;
+        size_t rl = 0, ml = 0;
+        CHECK(call(a, s, &st[s].t, FS_SA_GET_UNMASK, NULL, 0, now, &req, &rl) == FS_SA_OK, "request");
+        CHECK(fs_secagg_site_unmask(st[s].sa, req, rl, &m, &ml) == FS_OK, "unmask");
+        CHECK(call(a, s, &st[s].t, FS_SA_UNMASK, m, ml, now, NULL, NULL) == FS_SA_OK, "UNMASK");
+        free(req);
+        fs_secagg_msg_free(m, ml);
+        fs_secagg_site_free(st[s].sa);
+    }
+    fs_round_view v;
+    fs_round_view_get(a, &v);
+    CHECK(v.completed == 1, "the DP round closed (%u)", v.completed);
+    double m1 = 0, m2 = 0;
+    for (size_t i = 0; i < P; i++) {
+        m1 += v.model[i];
+        m2 += (double)v.model[i] * v.model[i];
+    }
+    m1 /= P;
+    double sd = sqrt(m2 / P - m1 * m1), want = 2.0 * 0.5 * sqrt(4.0 / 3.0) / 4.0;
+    CHECK(fabs(sd - want) < 0.05 * want, "noise on the mean: sd %g, want σC·√(n/t)/n = %g", sd, want);
+    CHECK(fabs(m1) < 5 * want / sqrt((double)P), "noise mean %g", m1);
+    fs_round_free(a);
+    /* the ledger: 4 shares in round 1 */
+    fs_dp_params p = c.dp;
+    p.sites = NS;
+    p.min_sites = 3;
+    p.granularity = ldexp(1.0, -f);
+    p.dim = P;
+    p.sample_rate = 1;
+    fs_dp_accountant acc;
+    CHECK(fs_dp_accountant_init(&acc, &p) == FS_OK && fs_dp_accountant_add_round(&acc, 4) == FS_OK, "ledger");
+    char path[256], line[8192];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *fp = fopen(path, "r");
+    double eps = -1;
+    if (fp && fgets(line, sizeof line, fp)) {
+        const char *e = strstr(line, "\"epsilon\":");
+        if (e) eps = strtod(e + 10, NULL);
+    }
+    if (fp) fclose(fp);
+    double want_eps = fs_dp_accountant_epsilon(&acc);
+    CHECK(fabs(eps - want_eps) <= 1e-6 * want_eps, "metrics epsilon %g, accountant %g", eps, want_eps);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int main(void)
 {
     fs_log_set_level(FS_LOG_ERROR);
@@ -312,5 +454,6 @@ int main(void)
 
     fs_round_free(a);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_distributed_dp();
     return check_result();
 }

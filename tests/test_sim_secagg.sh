@@ -8,8 +8,11 @@
 #          evaluates
 #   run 2: --drop 2 (threshold 3 of 4): round 2's first attempt is abandoned
 #          (logged, model unchanged) and a second attempt completes the round
+#   run 3: --dp-clip 0.05 --dp-epsilon 8: distributed DP (dp = distributed,
+#          threshold 3), epsilon per round increasing and within 8, every
+#          site adding its discrete-Gaussian noise share
 # Then bad usage: --drop without --secure-agg, --secure-agg with 2 sites.
-# About 60 s.
+# About 80 s.
 set -u
 . "$(dirname "$0")/fedtest.sh"
 fedtest_begin sim_secagg_work
@@ -30,6 +33,17 @@ rc=$?
 check "sim --secure-agg --drop 2 exits 0 (got $rc)" [ $rc -eq 0 ]
 check "round 2's first attempt was abandoned" grep -q 'round 2: secure aggregation attempt .* abandoned: .*threshold 3; the global model is unchanged' run2/logs/aggregator.log
 check "round 2 completed with a second attempt" sh -c "grep '^{\"round\":2,' run2/metrics.jsonl | grep -q '\"masked\":4,\"unmasked\":4'"
+
+# run 3: distributed DP under secure aggregation
+timeout 300 "$F" sim $common --dp-clip 0.05 --dp-epsilon 8 --out run4 >out4.txt 2>err4.txt
+rc=$?
+check "sim --secure-agg --dp-epsilon 8 exits 0 (got $rc)" [ $rc -eq 0 ]
+check "the aggregator runs dp = distributed with a threshold" sh -c "grep -q '^dp = distributed' run4/config/aggregator.conf && grep -q '^secagg_threshold = 3' run4/config/aggregator.conf"
+eps=$(grep -o '"dp":{[^}]*}' run4/metrics.jsonl | sed 's/.*"epsilon":\([0-9.eE+-]*\).*/\1/')
+check "epsilon per round, increasing, within 8 ($(echo $eps | tr '\n' ' '))" awk -v l="$(echo $eps)" 'BEGIN{n=split(l,e," "); if (n!=2) exit 1; if (e[2]<=e[1] || e[2]>8 || e[1]<=0) exit 1}'
+for s in site_1 site_4; do
+    check "$s added its noise share each round" sh -c "[ \$(grep -c 'noise share added (discrete Gaussian' run4/logs/$s.log) -eq 2 ]"
+done
 
 "$F" sim --drop 1 >/dev/null 2>&1; rc=$?
 check "--drop without --secure-agg is bad usage (got $rc)" [ $rc -eq 2 ]

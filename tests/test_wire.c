@@ -249,6 +249,9 @@ static any_msg valid(msg_kind k, int variant)
             for (int i = 0; i < 32; i++) m.t.secagg_round_seed[i] = (uint8_t)(7 * i + 1);
             m.t.secagg_clip = 2.5;
             m.t.secagg_weight_cap = 1000;
+            m.t.dp_distributed = 1;
+            m.t.dp_noise_multiplier = 1.5f;
+            m.t.secagg_quant_bits = -7;
         } else {
             m.t.action = variant == 1 ? FS_TASK_WAIT : FS_TASK_FINISHED;
             m.t.retry_after_ms = 250;
@@ -420,6 +423,9 @@ static void test_refusals(void)
     REFUSE(M_TASK, 3, m.t.secagg_clip = NAN, "secagg_clip");
     REFUSE(M_TASK, 3, m.t.secagg_weight_cap = 0, "secagg_weight_cap");
     REFUSE(M_TASK, 0, m.t.secagg_threshold = 3, "secure_agg is false");
+    REFUSE(M_TASK, 3, m.t.dp_noise_multiplier = 0, "dp_noise_multiplier");
+    REFUSE(M_TASK, 3, m.t.secagg_quant_bits = 61, "secagg_quant_bits");
+    REFUSE(M_TASK, 3, m.t.dp_distributed = 0, "dp_distributed is false");
     REFUSE(M_SA_REQ, 0, m.sq.round = 0, "round");
     REFUSE(M_SA_REQ, 0, m.sq.stage = (fs_secagg_stage)6, "stage");
     m = valid(M_SA_REQ, 1);
