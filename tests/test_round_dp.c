@@ -18,6 +18,7 @@
  *               finished when reopened from its folder
  */
 #include "check.h"
+#include "round_fixture.h"
 #include "aggregator/round.h"
 #include "common/dp.h"
 #include "common/log.h"
@@ -43,23 +44,8 @@ static void rm_rf(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHY
 
 static fs_round_config make_cfg(const char *dir, uint32_t rounds, double sigma, double budget)
 {
-    fs_round_config c;
-    memset(&c, 0, sizeof c);
-    c.sites = SITES;
-    c.n_sites = 3;
-    c.rounds = rounds;
-    c.min_sites = 2;
-    c.fraction = 1.0;
-    c.deadline_s = 100;
-    c.join_wait_s = 5;
-    c.local_epochs = 1;
-    c.lr = 1e-3f;
-    c.state_dir = dir;
+    fs_round_config c = fs_test_round_config(dir, SITES, 3, rounds, 2);
     c.seed = 3;
-    strcpy(c.model.preset, "tiny");
-    c.model.base = 8;
-    c.model.depth = 4;
-    c.model.size = 64;
     fs_dp_params_default(&c.dp);
     c.dp.mode = FS_DP_CENTRAL;
     c.dp.clip = 0.5;

@@ -22,6 +22,7 @@
  *               the accountant's after one round with 4 shares
  */
 #include "check.h"
+#include "round_fixture.h"
 #include "aggregator/round.h"
 #include "common/log.h"
 #include "common/rng.h"
@@ -49,23 +50,8 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 
 static fs_round *open_round(const char *dir, const float *w0)
 {
-    fs_round_config c;
-    memset(&c, 0, sizeof c);
-    c.sites = SITES;
-    c.n_sites = NS;
-    c.rounds = 5;
-    c.min_sites = 3;
-    c.fraction = 1.0;
-    c.deadline_s = 100;
-    c.join_wait_s = 5;
-    c.local_epochs = 1;
-    c.lr = 1e-3f;
-    c.state_dir = dir;
+    fs_round_config c = fs_test_round_config(dir, SITES, NS, 5, 3);
     c.seed = 5;
-    strcpy(c.model.preset, "tiny");
-    c.model.base = 8;
-    c.model.depth = 4;
-    c.model.size = 64;
     c.secure_agg = 1;
     c.secagg_clip = 10;
     c.secagg_stage_s = 10;
@@ -143,6 +129,18 @@ typedef struct {
 /* One round with every site that is not in `drop` (a bit mask) completing
  * the protocol, the dropped ones vanishing right before their masked upload.
  * Returns the attempt id the sites saw. *t_out advances the clock. */
+/* With distributed DP (the task says so), each site's discrete Gaussian
+ * noise share, as `fedseg node` adds it: stddev σ·C·2^f/√t steps. */
+static void add_noise_share(const fs_wire_task *t, int s, uint32_t *q)
+{
+    double local = (double)t->dp_noise_multiplier * t->secagg_clip * ldexp(1.0, t->secagg_quant_bits) /
+                   sqrt((double)t->secagg_threshold);
+    fs_dp_dgauss g;
+    CHECK(fs_dp_dgauss_init(&g, local) == FS_OK, "dgauss init (stddev %g)", local);
+    uint8_t key[32] = {(uint8_t)(s + 1)};
+    fs_dp_dgauss_add_u32(&g, key, 0, q, P);
+}
+
 static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop, double *clock)
 {
     double now = *clock;
@@ -156,7 +154,8 @@ static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop, double *cl
         fs_secagg_params p = {st[s].t.round, st[s].t.secagg_sites, st[s].t.secagg_threshold,
                               st[s].t.secagg_neighbours, P + 1, {0}};
         memcpy(p.round_seed, st[s].t.secagg_round_seed, 32);
-        CHECK(fs_secagg_quant_bits(st[s].t.secagg_clip, st[s].t.secagg_sites, &st[s].f) == FS_OK, "f");
+        if (st[s].t.dp_distributed) st[s].f = st[s].t.secagg_quant_bits;
+        else CHECK(fs_secagg_quant_bits(st[s].t.secagg_clip, st[s].t.secagg_sites, &st[s].f) == FS_OK, "f");
         CHECK(fs_secagg_site_new(&p, st[s].t.secagg_index, &st[s].sa) == FS_OK, "site_new");
         uint8_t *m = NULL;
         size_t ml = 0;
@@ -184,8 +183,10 @@ static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop, double *cl
             st[s].gone = 1;
             continue;
         }
-        CHECK(fs_secagg_encode_update(d[s], P, SAMPLES[s], st[s].t.secagg_weight_cap, st[s].t.secagg_clip,
+        uint64_t m = SAMPLES[s] < st[s].t.secagg_weight_cap ? SAMPLES[s] : st[s].t.secagg_weight_cap;
+        CHECK(fs_secagg_encode_update(d[s], P, m, st[s].t.secagg_weight_cap, st[s].t.secagg_clip,
                                       st[s].f, 1000 + (uint64_t)s, q) == FS_OK, "encode");
+        if (st[s].t.dp_distributed) add_noise_share(&st[s].t, s, q);
         CHECK(fs_secagg_site_mask(st[s].sa, q, 0, P + 1, q) == FS_OK, "mask");
         CHECK(push_masked(a, s, st[s].t.round, st[s].t.secagg_attempt, q, P + 1, now, why, sizeof why) == FS_OK,
               "%s: masked upload accepted (%s)", SITES[s], why);
@@ -242,22 +243,7 @@ static void test_distributed_dp(void)
     char dir[] = "round_secagg_dp_XXXXXX";
     if (!mkdtemp(dir)) { perror("mkdtemp"); exit(1); }
     static float w0[P];
-    fs_round_config c;
-    memset(&c, 0, sizeof c);
-    c.sites = SITES;
-    c.n_sites = NS;
-    c.rounds = 2;
-    c.min_sites = 4;
-    c.fraction = 1.0;
-    c.deadline_s = 100;
-    c.join_wait_s = 5;
-    c.local_epochs = 1;
-    c.lr = 1e-3f;
-    c.state_dir = dir;
-    strcpy(c.model.preset, "tiny");
-    c.model.base = 8;
-    c.model.depth = 4;
-    c.model.size = 64;
+    fs_round_config c = fs_test_round_config(dir, SITES, NS, 2, 4);
     c.secure_agg = 1;
     c.secagg_clip = 10;
     c.secagg_stage_s = 10;
@@ -278,63 +264,14 @@ static void test_distributed_dp(void)
         CHECK(fs_round_join(a, SITES[s], &req, 0, &rep) == FS_OK, "join");
     }
     double now = 6;
-    site_state st[NS];
-    memset(st, 0, sizeof st);
+    fs_wire_task t;
     char why[256];
-    static uint32_t q[P + 1];
-    for (int s = 0; s < NS; s++) {
-        CHECK(fs_round_task(a, SITES[s], now, &st[s].t, why, sizeof why) == FS_OK && st[s].t.dp_distributed &&
-                  st[s].t.dp_noise_multiplier == 2.0f && st[s].t.secagg_clip == 0.5 &&
-                  st[s].t.secagg_weight_cap == 1,
-              "%s: a distributed-DP task (clip %g, cap %llu)", SITES[s], st[s].t.secagg_clip,
-              (unsigned long long)st[s].t.secagg_weight_cap);
-        fs_secagg_params p = {st[s].t.round, st[s].t.secagg_sites, st[s].t.secagg_threshold,
-                              st[s].t.secagg_neighbours, P + 1, {0}};
-        memcpy(p.round_seed, st[s].t.secagg_round_seed, 32);
-        CHECK(fs_secagg_site_new(&p, st[s].t.secagg_index, &st[s].sa) == FS_OK, "site_new");
-        uint8_t *m = NULL;
-        size_t ml = 0;
-        CHECK(fs_secagg_site_advertise(st[s].sa, &m, &ml) == FS_OK, "advertise");
-        CHECK(call(a, s, &st[s].t, FS_SA_ADVERTISE, m, ml, now, NULL, NULL) == FS_SA_OK, "ADVERTISE");
-        fs_secagg_msg_free(m, ml);
-    }
-    for (int s = 0; s < NS; s++) {
-        uint8_t *keys = NULL, *m = NULL;
-        size_t kl = 0, ml = 0;
-        CHECK(call(a, s, &st[s].t, FS_SA_GET_KEYS, NULL, 0, now, &keys, &kl) == FS_SA_OK, "keys");
-        CHECK(fs_secagg_site_share_keys(st[s].sa, keys, kl, &m, &ml) == FS_OK, "share_keys");
-        CHECK(call(a, s, &st[s].t, FS_SA_SHARES, m, ml, now, NULL, NULL) == FS_SA_OK, "SHARES");
-        free(keys);
-        fs_secagg_msg_free(m, ml);
-    }
-    int f = st[0].t.secagg_quant_bits;
-    double local = 2.0 * 0.5 * ldexp(1.0, f) / sqrt(3.0);
-    static float zero[P];
-    for (int s = 0; s < NS; s++) {
-        uint8_t *relay = NULL;
-        size_t rl = 0;
-        CHECK(call(a, s, &st[s].t, FS_SA_GET_RELAY, NULL, 0, now, &relay, &rl) == FS_SA_OK, "relay");
-        CHECK(fs_secagg_site_recv_shares(st[s].sa, relay, rl) == FS_OK, "recv_shares");
-        free(relay);
-        CHECK(fs_secagg_encode_update(zero, P, 1, 1, 0.5, f, 7 + (uint64_t)s, q) == FS_OK, "encode");
-        fs_dp_dgauss g;
-        CHECK(fs_dp_dgauss_init(&g, local) == FS_OK, "dgauss init (stddev %g)", local);
-        uint8_t key[32] = {(uint8_t)(s + 1)};
-        fs_dp_dgauss_add_u32(&g, key, 0, q, P);
-        CHECK(fs_secagg_site_mask(st[s].sa, q, 0, P + 1, q) == FS_OK, "mask");
-        CHECK(push_masked(a, s, 1, st[s].t.secagg_attempt, q, P + 1, now, why, sizeof why) == FS_OK, "push: %s",
-              why);
-    }
-    for (int s = 0; s < NS; s++) {
-        uint8_t *req = NULL, *m = NULL;
-        size_t rl = 0, ml = 0;
-        CHECK(call(a, s, &st[s].t, FS_SA_GET_UNMASK, NULL, 0, now, &req, &rl) == FS_SA_OK, "request");
-        CHECK(fs_secagg_site_unmask(st[s].sa, req, rl, &m, &ml) == FS_OK, "unmask");
-        CHECK(call(a, s, &st[s].t, FS_SA_UNMASK, m, ml, now, NULL, NULL) == FS_SA_OK, "UNMASK");
-        free(req);
-        fs_secagg_msg_free(m, ml);
-        fs_secagg_site_free(st[s].sa);
-    }
+    CHECK(fs_round_task(a, "site_1", now, &t, why, sizeof why) == FS_OK && t.dp_distributed &&
+              t.dp_noise_multiplier == 2.0f && t.secagg_clip == 0.5 && t.secagg_weight_cap == 1,
+          "a distributed-DP task (clip %g, cap %llu)", t.secagg_clip, (unsigned long long)t.secagg_weight_cap);
+    int f = t.secagg_quant_bits;
+    static float zero[NS][P];
+    run_round(a, zero, 0, &now);
     fs_round_view v;
     fs_round_view_get(a, &v);
     CHECK(v.completed == 1, "the DP round closed (%u)", v.completed);
