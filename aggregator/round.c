@@ -1529,8 +1529,12 @@ static fs_status check_config(const fs_round_config *cfg, size_t P)
             return FS_ERR_ARG;
         }
         if (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN) {
-            fs_log_error("round: secure aggregation reveals only the sum of the updates: it cannot be "
-                         "combined with SCAFFOLD's control variates or a robust aggregation rule");
+            /* SCAFFOLD: the control-variate half of an update is about 1/(K·lr)
+             * times the model half, so one clip and one fixed-point grid for
+             * both would clip it or drown the model deltas (measured). */
+            fs_log_error("round: secure aggregation cannot be combined with a robust aggregation rule "
+                         "(it reveals only the sum) or with SCAFFOLD (its control-variate deltas are "
+                         "~1/(K*lr) larger than the model deltas: one clip and grid cannot serve both)");
             return FS_ERR_ARG;
         }
     }

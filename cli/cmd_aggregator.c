@@ -359,8 +359,9 @@ static fs_status noniid_config(loader *l, double *mu, fs_round_config *out)
         return FS_ERR_ARG;
     }
     if (secure && out->scaffold) {
-        fs_log_error("algorithm = scaffold cannot be combined with secure_agg = true: SCAFFOLD's "
-                     "control-variate half of the update is not part of the masked vector");
+        fs_log_error("algorithm = scaffold cannot be combined with secure_agg = true: its control-"
+                     "variate deltas are ~1/(K*lr) larger than the model deltas, and one clip and "
+                     "fixed-point grid cannot serve both");
         return FS_ERR_ARG;
     }
     fs_log_info("algorithm %s: server optimiser %s (server_lr %g), aggregation %s%s%s", alg,
