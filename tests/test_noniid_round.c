@@ -21,6 +21,7 @@
  *              (−0 included) accepted, and the masked parameters keep w_0
  */
 #include "check.h"
+#include "round_fixture.h"
 #include "aggregator/round.h"
 #include "common/log.h"
 #include "common/rng.h"
@@ -52,23 +53,9 @@ static char *make_dir(void)
 
 static fs_round_config make_cfg(const char *dir, size_t n_sites, uint32_t rounds, double fraction)
 {
-    fs_round_config c;
-    memset(&c, 0, sizeof c);
-    c.sites = SITES;
-    c.n_sites = n_sites;
-    c.rounds = rounds;
-    c.min_sites = 1;
+    fs_round_config c = fs_test_round_config(dir, SITES, n_sites, rounds, 1);
     c.fraction = fraction;
-    c.deadline_s = 100;
-    c.join_wait_s = 5;
-    c.local_epochs = 1;
-    c.lr = 1e-3f;
-    c.state_dir = dir;
     c.seed = 3;
-    strcpy(c.model.preset, "tiny");
-    c.model.base = 8;
-    c.model.depth = 4;
-    c.model.size = 64;
     return c;
 }
 
