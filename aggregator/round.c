@@ -27,6 +27,7 @@
 #include "aggregator/round_sum.h"
 #include "aggregator/noniid_round.h"
 #include "common/fsutil.h"
+#include "common/he_proto.h"
 #include "common/log.h"
 #include "common/rng.h"
 
@@ -128,8 +129,19 @@ struct fs_round {
     uint8_t *sa_keys, *sa_req;/* the KEYS broadcast, the unmasking request  */
     size_t sa_keys_len, sa_req_len;
     uint32_t *sa_sum;         /* P + 1 words: Σ of masked vectors mod 2^32  */
-    char sa_summary[256];     /* JSON of the attempt that closed the round   */
+    char sa_summary[384];     /* JSON of the attempt that closed the round   */
+    /* encrypted aggregation of the open round (cfg.encrypted); the sa_*
+     * fields above number its attempts, stages (0 keys, 1 key shares,
+     * 2 ciphertext uploads, 3 threshold decryption) and deadlines */
+    fs_he_server *he;         /* the attempt in progress (NULL = none)      */
+    fs_he_params hep;         /* its public parameters                      */
+    uint8_t *he_bcast;        /* the collective key broadcast               */
+    size_t he_bcast_len;
+    int64_t *he_res;          /* P + 1: the decrypted sum                   */
 };
+
+/* The aggregator sees only a masked or encrypted sum of the updates. */
+#define PRIVATE_SUM(a) ((a)->cfg.secure_agg || (a)->cfg.encrypted)
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -451,7 +463,7 @@ static void sa_restart(fs_round *a, const char *why);
 
 static void rebuild_sum(fs_round *a)
 {
-    if (a->cfg.secure_agg) {
+    if (PRIVATE_SUM(a)) {
         /* masked updates cannot be re-folded (their masks are gone) */
         sa_restart(a, "the round's result could not be saved");
         return;
@@ -682,7 +694,8 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
         first = 0;
     }
     sb_printf(&b, "]");
-    if (a->cfg.secure_agg && a->sa_summary[0]) sb_printf(&b, ",\"secure_agg\":%s", a->sa_summary);
+    if (PRIVATE_SUM(a) && a->sa_summary[0])
+        sb_printf(&b, ",\"%s\":%s", a->cfg.encrypted ? "encrypted" : "secure_agg", a->sa_summary);
     if (a->dp || a->dp_dist) {
         /* ε after this round, at the configured δ (the close is decided) */
         fs_dp_accountant next = a->dpa;
@@ -903,7 +916,7 @@ static fs_status try_open(fs_round *a, double now)
     char sel[512];
     selection_text(a, sel, sizeof sel);
     fs_log_info("round %u opened: %zu active site(s), selected %s", r, active, sel);
-    if (a->cfg.secure_agg) return sa_tick(a, now);
+    if (PRIVATE_SUM(a)) return sa_tick(a, now);
     return FS_OK;
 }
 
@@ -942,7 +955,7 @@ static fs_status extend_round(fs_round *a, double now)
 /* Closes the open round when it is complete or past its deadline. */
 static fs_status maybe_close(fs_round *a, double now)
 {
-    if (a->cfg.secure_agg && !a->closing) return sa_tick(a, now);
+    if (PRIVATE_SUM(a) && !a->closing) return sa_tick(a, now);
     if (a->closing) return close_round(a, now, "resumed");
     if (!a->open) return FS_OK;
     size_t nsel = 0, nsub = 0;
@@ -976,6 +989,11 @@ static void sa_end(fs_round *a)
     fs_secagg_msg_free(a->sa_req, a->sa_req_len);
     a->sa_keys = a->sa_req = NULL;
     a->sa_keys_len = a->sa_req_len = 0;
+    fs_he_server_free(a->he);
+    a->he = NULL;
+    free(a->he_bcast);
+    a->he_bcast = NULL;
+    a->he_bcast_len = 0;
     for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
 }
 
@@ -1045,10 +1063,11 @@ static fs_status sa_begin(fs_round *a, double now)
 static void sa_restart(fs_round *a, const char *why)
 {
     uint32_t r = a->completed + 1;
-    fs_log_error("round %u: secure aggregation attempt %u abandoned: %s; the global model is "
-                 "unchanged and the round starts again", r, a->sa_attempt, why);
+    const char *mode = a->cfg.encrypted ? "encrypted aggregation" : "secure aggregation";
+    fs_log_error("round %u: %s attempt %u abandoned: %s; the global model is "
+                 "unchanged and the round starts again", r, mode, a->sa_attempt, why);
     char msg[FS_WIRE_REASON_LEN];
-    snprintf(msg, sizeof msg, "round %u: secure aggregation attempt %u abandoned", r, a->sa_attempt);
+    snprintf(msg, sizeof msg, "round %u: %s attempt %u abandoned", r, mode, a->sa_attempt);
     kill_round_uploads(a, msg);
     sa_end(a);
     reset_round(a);
@@ -1136,8 +1155,11 @@ static fs_status sa_finish(fs_round *a, double now)
 }
 
 /* Ends the stages whose collection is complete or past its deadline. */
+static fs_status he_tick(fs_round *a, double now);
+
 static fs_status sa_tick(fs_round *a, double now)
 {
+    if (a->cfg.encrypted) return he_tick(a, now);
     if (!a->cfg.secure_agg || !a->open || a->closing) return FS_OK;
     if (!a->sa) return sa_begin(a, now);
     for (int guard = 0; guard < 4; guard++) {
@@ -1185,6 +1207,313 @@ static fs_status sa_tick(fs_round *a, double now)
     return FS_OK;
 }
 
+/* ---- encrypted aggregation ---------------------------------------------------
+ * The open round's attempt (cfg.encrypted; common/he_proto.h): he_begin numbers
+ * the selected sites 1..n (site list order) and draws a fresh public CRS seed,
+ * so every attempt has a fresh collective key; stage 0 collects the sites'
+ * public-key shares, stage 1 their sealed Shamir shares of their secret-key
+ * shares (both need every site), stage 2 the ciphertext uploads until the
+ * round's deadline (folded into the running ciphertext sum as each arrives),
+ * stage 3 the partial decryptions of the t sites chosen (a new choice when
+ * one of them is lost). WARNING: the aggregator holds no key material; it
+ * decrypts only the sum, with the help of t sites.
+ */
+
+/* Words (4 bytes) of one site's ciphertext upload. */
+static size_t he_words(const fs_round *a)
+{
+    return fs_he_params_nct(&a->hep) * (fs_he_wire_bytes(FS_HE_OBJ_CT) / 4);
+}
+
+static fs_status he_begin(fs_round *a, double now)
+{
+    uint32_t r = a->completed + 1, n = 0;
+    for (size_t i = 0; i < a->n_sites; i++)
+        a->sites[i].sa_index = a->sites[i].selected ? (long)n++ : -1;
+    fs_he_params p;
+    memset(&p, 0, sizeof p);
+    p.round = r;
+    p.attempt = a->sa_attempt + 1;
+    p.n_sites = n;
+    /* default: ⌊2n/3⌋ + 1, but at most n − 1 from 3 sites on, so that one
+     * site may always be lost before decryption */
+    uint32_t t = a->cfg.he_threshold ? a->cfg.he_threshold : 2 * n / 3 + 1;
+    if (!a->cfg.he_threshold && n >= 3 && t > n - 1) t = n - 1;
+    if (t > n) t = n;
+    if (t < 2) t = 2;
+    p.threshold = t;
+    p.n_values = a->P;
+    randombytes_buf(p.crs_seed, sizeof p.crs_seed);
+    unsigned f = 0;
+    fs_status st = a->dp_dist ? FS_OK : fs_he_frac_bits(a->cfg.he_clip, n, &f);
+    if (a->dp_dist) f = (unsigned)a->dp_f; /* the grid of the accountant */
+    p.qz.clip = (float)a->cfg.he_clip;
+    p.qz.frac_bits = f;
+    if (st == FS_OK) st = fs_he_params_check(&p);
+    if (st == FS_OK) st = fs_he_server_new(&p, &a->he);
+    if (st != FS_OK) {
+        fs_log_error("round %u: cannot start encrypted aggregation among %u site(s): %s", r, n,
+                     fs_status_str(st));
+        for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
+        return st;
+    }
+    uint64_t cap = a->dp_dist ? 1 : a->cfg.secagg_weight_cap; /* DP: every site weighs 1 */
+    if (!cap)
+        for (size_t i = 0; i < a->n_sites; i++)
+            if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
+    a->sa_wcap = cap ? cap : 1;
+    a->hep = p;
+    a->sa_attempt++;
+    a->sa_stage = 0;
+    a->sa_deadline = now + a->cfg.secagg_stage_s;
+    a->sa_summary[0] = 0;
+    fs_log_info("round %u: encrypted aggregation attempt %u among %u site(s), decryption threshold %u, "
+                "%zu ciphertext(s) per update, 2^-%u grid", r, a->sa_attempt, n, t, fs_he_params_nct(&p), f);
+    return FS_OK;
+}
+
+/* Verifies the spooled ciphertexts of site si (CRC, then every object), and
+ * only then adds them into the sum: a bad object is refused with the sum
+ * untouched (FS_ERR_FORMAT / CHECKSUM / MISMATCH); FS_ERR_IO when the spool
+ * cannot be read back (the sum may then hold part of it). */
+static fs_status he_fold_spool(fs_round *a, size_t si)
+{
+    const fs_site *s = &a->sites[si];
+    const uint32_t site = (uint32_t)s->sa_index + 1;
+    const size_t ob = fs_he_wire_bytes(FS_HE_OBJ_CT), nct = fs_he_params_nct(&a->hep);
+    char path[PATH_LEN];
+    FS_TRY(spool_path(a, path, a->completed + 1, s->name));
+    uint8_t *obj = malloc(ob);
+    if (!obj) return FS_ERR_NOMEM;
+    fs_status st = FS_OK;
+    for (int commit = 0; commit < 2 && st == FS_OK; commit++) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            fs_log_error("%s: cannot open the encrypted update of site %s: %s", path, s->name,
+                         strerror(errno));
+            st = FS_ERR_IO;
+            break;
+        }
+        uint32_t crc = 0;
+        fs_he_server_ct_reset(a->he, site);
+        for (size_t j = 0; j < nct && st == FS_OK; j++) {
+            ssize_t got = read_full(fd, obj, ob);
+            if (got != (ssize_t)ob) {
+                fs_log_error("%s: cannot read back: %s", path, got < 0 ? strerror(errno) : "short file");
+                st = FS_ERR_IO;
+                break;
+            }
+            crc = fs_wire_crc32_bytes(crc, obj, ob);
+            st = fs_he_server_ct(a->he, site, obj, ob, commit);
+            if (st != FS_OK) {
+                fs_log_error("site %s: ciphertext %zu of its update refused (%s)", s->name, j,
+                             fs_status_str(st));
+                if (commit) st = FS_ERR_IO; /* verified before: the spool changed under us */
+            }
+        }
+        close(fd);
+        if (st == FS_OK && crc != s->crc) {
+            fs_log_error("%s: CRC-32 %08x differs from the accepted update's %08x", path, crc, s->crc);
+            st = commit ? FS_ERR_IO : FS_ERR_CHECKSUM;
+        }
+    }
+    free(obj);
+    if (st == FS_OK) st = fs_he_server_ct_done(a->he, site);
+    return st;
+}
+
+/* Decodes the decrypted sum, computes the weighted mean and closes the round. */
+static fs_status he_finish(fs_round *a, double now)
+{
+    uint32_t r = a->completed + 1;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_MONOTONIC, &c0);
+    double wsum = 0;
+    fs_status st = fs_he_server_result(a->he, a->he_res);
+    if (st == FS_OK) st = fs_he_dequantise(&a->hep.qz, a->he_res, a->P, a->sum.sum, &wsum);
+    if (st == FS_OK && !(wsum > 0)) st = FS_ERR_NUMERIC;
+    if (st == FS_OK) {
+        const float inv = (float)(1.0 / wsum);
+        for (size_t i = 0; i < a->P; i++) a->sum.sum[i] *= inv;
+        st = fs_round_sum_set(&a->sum, a->sum.sum, 1.0);
+    }
+    if (st != FS_OK) {
+        sa_restart(a, st == FS_ERR_NUMERIC ? "the decrypted total weight is not positive"
+                                           : fs_status_str(st));
+        return FS_OK;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &c1);
+    double dec_s = (double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec);
+    uint32_t contrib = fs_he_server_count(a->he, FS_HE_CONTRIBUTED);
+    snprintf(a->sa_summary, sizeof a->sa_summary,
+             "{\"attempt\":%u,\"sites\":%u,\"threshold\":%u,\"keyed\":%u,\"shared\":%u,"
+             "\"contributed\":%u,\"decrypted_by\":%u,\"generations\":%u,\"ciphertexts\":%zu,"
+             "\"upload_bytes\":%zu,\"frac_bits\":%u,\"decode_seconds\":%.4f,"
+             "\"decrypt_stage_seconds\":%.4f}",
+             a->sa_attempt, a->hep.n_sites, a->hep.threshold, fs_he_server_count(a->he, FS_HE_KEYED),
+             fs_he_server_count(a->he, FS_HE_SHARED), contrib, fs_he_server_count(a->he, FS_HE_DECRYPTED),
+             fs_he_server_generation(a->he), fs_he_params_nct(&a->hep), he_words(a) * 4,
+             a->hep.qz.frac_bits, dec_s, now - a->sa_t_masked + dec_s);
+    fs_log_info("round %u: the encrypted sum of %u site(s) is decrypted by %u site(s) (total weight %.4g)",
+                r, contrib, fs_he_server_count(a->he, FS_HE_DECRYPTED), wsum);
+    int all = contrib == a->hep.n_sites;
+    a->sa_last_masked = contrib;
+    sa_end(a);
+    return close_round(a, now, all ? "all_reported" : "deadline");
+}
+
+static fs_status he_tick(fs_round *a, double now)
+{
+    if (!a->open || a->closing) return FS_OK;
+    if (!a->he) return he_begin(a, now);
+    for (int guard = 0; guard < 5; guard++) {
+        const uint32_t n = a->hep.n_sites, keyed = fs_he_server_count(a->he, FS_HE_KEYED),
+                       shared = fs_he_server_count(a->he, FS_HE_SHARED),
+                       contrib = fs_he_server_count(a->he, FS_HE_CONTRIBUTED);
+        fs_status st = FS_OK;
+        switch (a->sa_stage) {
+        case 0:
+            if (keyed < n && now < a->sa_deadline) return FS_OK;
+            st = fs_he_server_close_keys(a->he, &a->he_bcast, &a->he_bcast_len);
+            a->sa_deadline = now + a->cfg.secagg_stage_s;
+            break;
+        case 1:
+            if (shared < n && now < a->sa_deadline) return FS_OK;
+            st = fs_he_server_close_shares(a->he);
+            break;
+        case 2:
+            if (contrib < shared && now < a->deadline) return FS_OK;
+            {
+                int uploading = 0;
+                for (fs_round_upload *u = a->uploads; u; u = u->next)
+                    uploading |= u->round == a->completed + 1 && !u->dead;
+                if (uploading && contrib < shared && now < a->deadline + a->cfg.secagg_stage_s) return FS_OK;
+            }
+            kill_round_uploads(a, "the ciphertext upload stage is over");
+            st = fs_he_server_close_input(a->he);
+            a->sa_deadline = now + a->cfg.secagg_stage_s;
+            a->sa_t_masked = now;
+            break;
+        default: {
+            if (!fs_he_server_decrypt_done(a->he) && now < a->sa_deadline) return FS_OK;
+            int again = 0;
+            st = fs_he_server_close_decrypt(a->he, &again);
+            if (st == FS_OK && again) {
+                fs_log_warn("round %u: a site of the decryption set did not answer; decryption "
+                            "restarts with another set (generation %u)", a->completed + 1,
+                            fs_he_server_generation(a->he));
+                a->sa_deadline = now + a->cfg.secagg_stage_s;
+                return FS_OK;
+            }
+            if (st == FS_OK) return he_finish(a, now);
+            break;
+        }
+        }
+        if (st != FS_OK) {
+            const char *why = fs_he_server_reason(a->he);
+            sa_restart(a, why && why[0] ? why : fs_status_str(st));
+            return FS_OK;
+        }
+        a->sa_stage++;
+    }
+    return FS_OK;
+}
+
+/* A 4-byte little-endian start index, the request payload of stages 9, 10. */
+static int he_start(const fs_wire_secagg_request *req, uint32_t *start)
+{
+    if (req->len != 4) return 0;
+    *start = (uint32_t)req->payload[0] | (uint32_t)req->payload[1] << 8 |
+             (uint32_t)req->payload[2] << 16 | (uint32_t)req->payload[3] << 24;
+    return 1;
+}
+
+/* The encrypted-aggregation stages of a SecAgg call (site = 1..n). */
+static fs_status he_call(fs_round *a, const char *identity, uint32_t site, const fs_wire_secagg_request *req,
+                         double now, fs_wire_secagg_reply *reply, uint8_t **payload, char *why, size_t whylen)
+{
+    uint32_t r = a->completed + 1, start = 0;
+    fs_status st = FS_OK;
+    int late = 0;
+    switch (req->stage) {
+    case FS_HE_KEYS:
+        if (a->sa_stage != 0) { late = 1; break; }
+        st = fs_he_server_recv_keys(a->he, site, req->payload, req->len);
+        break;
+    case FS_HE_GET_BCAST:
+        if (a->sa_stage == 0) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (!fs_he_server_has(a->he, FS_HE_KEYED, site)) { late = 1; break; }
+        if (!(*payload = malloc(a->he_bcast_len))) return FS_ERR_NOMEM;
+        memcpy(*payload, a->he_bcast, a->he_bcast_len);
+        reply->len = a->he_bcast_len;
+        break;
+    case FS_HE_SHARES:
+        if (a->sa_stage != 1) { late = 1; break; }
+        st = fs_he_server_recv_shares(a->he, site, req->payload, req->len);
+        break;
+    case FS_HE_GET_RELAY:
+        if (a->sa_stage < 2) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (a->sa_stage > 2 || !fs_he_server_has(a->he, FS_HE_SHARED, site)) { late = 1; break; }
+        if (!he_start(req, &start))
+            return refuse(FS_ERR_FORMAT, identity, why, whylen, "relay request: payload of %zu bytes, "
+                          "expected a 4-byte start index", req->len);
+        st = fs_he_server_relay(a->he, site, start, payload, &reply->len);
+        break;
+    case FS_HE_GET_DECRYPT:
+        if (a->sa_stage < 3) { reply->status = FS_SA_WAIT; return FS_OK; }
+        if (!fs_he_server_has(a->he, FS_HE_CONTRIBUTED, site)) { late = 1; break; }
+        if (!fs_he_server_in_set(a->he, site) || fs_he_server_has(a->he, FS_HE_DECRYPTED, site)) {
+            /* not needed now; a later decryption set may hold it */
+            reply->status = FS_SA_WAIT;
+            reply->retry_after_ms = a->cfg.poll_ms < 100 ? a->cfg.poll_ms : 100;
+            return FS_OK;
+        }
+        if (!he_start(req, &start))
+            return refuse(FS_ERR_FORMAT, identity, why, whylen, "decryption request: payload of %zu "
+                          "bytes, expected a 4-byte start index", req->len);
+        st = fs_he_server_decrypt_req(a->he, site, start, payload, &reply->len);
+        break;
+    case FS_HE_PARTIALS:
+        if (a->sa_stage != 3 || !fs_he_server_in_set(a->he, site)) { late = 1; break; }
+        st = fs_he_server_recv_partials(a->he, site, req->payload, req->len);
+        if (st == FS_ERR_ABANDONED) {
+            /* a batch of a superseded decryption set: the reply says which
+             * generation is current, and the site starts over */
+            uint32_t g = fs_he_server_generation(a->he);
+            if (!(*payload = malloc(4))) return FS_ERR_NOMEM;
+            for (int i = 0; i < 4; i++) (*payload)[i] = (uint8_t)(g >> (8 * i));
+            reply->len = 4;
+            st = FS_OK;
+        }
+        break;
+    default:
+        late = 1;
+        break;
+    }
+    if (late) {
+        free(*payload);
+        *payload = NULL;
+        reply->len = 0;
+        reply->status = FS_SA_ABANDONED;
+        snprintf(reply->reason, sizeof reply->reason,
+                 "round %u attempt %u: stage %d is over for this site", r, a->sa_attempt, (int)req->stage);
+        return FS_OK;
+    }
+    if (st != FS_OK) {
+        free(*payload);
+        *payload = NULL;
+        reply->len = 0;
+        return refuse(st == FS_ERR_ABANDONED ? FS_ERR_MISMATCH : st, identity, why, whylen,
+                      "encrypted aggregation stage %d message refused (%s)", (int)req->stage,
+                      fs_status_str(st));
+    }
+    reply->status = FS_SA_OK;
+    reply->retry_after_ms = 0;
+    reply->payload = *payload;
+    sa_tick(a, now);
+    return FS_OK;
+}
+
 /* Fills the reply of a SecAgg call (see round.h). */
 fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secagg_request *req,
                           double now, fs_wire_secagg_reply *reply, uint8_t **payload, char *why,
@@ -1199,8 +1528,14 @@ fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secag
     if (si < 0) return refuse(FS_ERR_NOT_FOUND, identity, why, whylen, "not on the site list");
     fs_site *s = &a->sites[si];
     s->last_seen = now;
-    if (!a->cfg.secure_agg)
-        return refuse(FS_ERR_MISMATCH, identity, why, whylen, "this federation does not use secure aggregation");
+    if (!PRIVATE_SUM(a))
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "this federation uses neither secure nor encrypted aggregation");
+    if (a->cfg.encrypted != (req->stage >= FS_HE_KEYS))
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen, "stage %d belongs to %s aggregation, "
+                      "but this federation uses %s aggregation", (int)req->stage,
+                      req->stage >= FS_HE_KEYS ? "encrypted" : "secure",
+                      a->cfg.encrypted ? "encrypted" : "secure");
     fs_round_tick(a, now);
     if (a->dead) return FS_ERR_IO;
     reply->stage = req->stage;
@@ -1208,7 +1543,8 @@ fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secag
      * waiting sites ask again soon (a SecAgg call is small) */
     reply->retry_after_ms = a->cfg.poll_ms < 25 ? a->cfg.poll_ms : 25;
     uint32_t r = a->completed + 1;
-    int current = a->sa && req->round == r && req->attempt == a->sa_attempt && s->sa_index >= 0;
+    int current = (a->sa || a->he) && req->round == r && req->attempt == a->sa_attempt &&
+                  s->sa_index >= 0;
     if (!current) {
         reply->status = FS_SA_ABANDONED;
         snprintf(reply->reason, sizeof reply->reason,
@@ -1217,9 +1553,13 @@ fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secag
         return FS_OK;
     }
     uint32_t idx = (uint32_t)s->sa_index;
+    if (a->cfg.encrypted) return he_call(a, identity, idx + 1, req, now, reply, payload, why, whylen);
     fs_status st = FS_OK;
     int late = 0;
     switch (req->stage) {
+    default:
+        late = 1;
+        break;
     case FS_SA_ADVERTISE:
         if (a->sa_stage != 0) { late = 1; break; }
         st = fs_secagg_server_recv_advertise(a->sa, idx, req->payload, req->len);
@@ -1538,6 +1878,49 @@ static fs_status check_config(const fs_round_config *cfg, size_t P)
             return FS_ERR_ARG;
         }
     }
+    if (cfg->encrypted) {
+        if (cfg->secure_agg) {
+            fs_log_error("round: choose one private mode: secure_agg or encrypted, not both");
+            return FS_ERR_ARG;
+        }
+        if (cfg->min_sites < 2 || cfg->n_sites > FS_HE_PROTO_MAX_SITES) {
+            fs_log_error("round: encrypted aggregation needs min_sites ≥ 2 (got %u) and at most %u sites "
+                         "(got %zu)", cfg->min_sites, FS_HE_PROTO_MAX_SITES, cfg->n_sites);
+            return FS_ERR_ARG;
+        }
+        if (!(cfg->he_clip > 0) || !isfinite(cfg->he_clip) || !(cfg->secagg_stage_s > 0) ||
+            !isfinite(cfg->secagg_stage_s)) {
+            fs_log_error("round: encrypted aggregation needs he_clip > 0 and secagg_stage_s > 0");
+            return FS_ERR_ARG;
+        }
+        if (cfg->he_threshold && (cfg->he_threshold < 2 || cfg->he_threshold > cfg->min_sites)) {
+            fs_log_error("round: he_threshold = %u must be between 2 and min_sites = %u (a round with "
+                         "min_sites contributors must be decryptable)", cfg->he_threshold, cfg->min_sites);
+            return FS_ERR_ARG;
+        }
+        unsigned f;
+        if (fs_he_frac_bits(cfg->he_clip, (uint32_t)cfg->n_sites, &f) != FS_OK) {
+            fs_log_error("round: encrypted aggregation of %zu sites with he_clip = %g does not fit the "
+                         "plaintext space (lower he_clip)", cfg->n_sites, cfg->he_clip);
+            return FS_ERR_ARG;
+        }
+        if (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN) {
+            fs_log_error("round: encrypted aggregation reveals only the sum: it cannot be combined with a "
+                         "robust aggregation rule or SCAFFOLD");
+            return FS_ERR_ARG;
+        }
+        if (cfg->dp.mode == FS_DP_CENTRAL) {
+            fs_log_error("round: with encrypted aggregation the sites add the privacy noise before "
+                         "encrypting: use dp = distributed (with he_threshold)");
+            return FS_ERR_ARG;
+        }
+        if (cfg->dp.mode == FS_DP_DISTRIBUTED && !cfg->he_threshold) {
+            fs_log_error("round: distributed DP with encrypted aggregation needs a fixed decryption "
+                         "threshold t (he_threshold ≤ min_sites): every decrypted sum holds the noise of "
+                         "at least t sites");
+            return FS_ERR_ARG;
+        }
+    }
     if (cfg->dp.mode != FS_DP_OFF && (cfg->scaffold || cfg->agg_rule != FS_AGG_MEAN)) {
         fs_log_error("round: differential privacy bounds each site's clipped update in the noised "
                      "mean; it cannot be combined with SCAFFOLD or a robust aggregation rule");
@@ -1581,8 +1964,9 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     a->cfg.state_dir = a->state_dir;
     a->cfg.metrics_path = a->metrics_path;
     if (cfg->dp.mode == FS_DP_DISTRIBUTED) {
-        if (!cfg->secure_agg) {
-            fs_log_error("round: distributed DP needs secure aggregation (secure_agg = true)");
+        if (!cfg->secure_agg && !cfg->encrypted) {
+            fs_log_error("round: distributed DP needs secure aggregation (secure_agg = true) or "
+                         "encrypted aggregation (encrypted = true)");
             goto fail;
         }
         if (a->cfg.fraction < 1.0 || a->cfg.dp.adaptive) {
@@ -1592,11 +1976,30 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
         /* the updates are clipped at the DP clip before quantisation, and the
          * grid leaves room for the noise of the sum */
         a->cfg.secagg_clip = a->cfg.dp.clip;
-        if (fs_dp_ddg_quant_bits(a->cfg.dp.clip, a->cfg.dp.noise_multiplier, (uint32_t)a->n_sites,
-                                 a->cfg.secagg_threshold, &a->dp_f) != FS_OK)
+        a->cfg.he_clip = a->cfg.dp.clip;
+        uint32_t t = cfg->encrypted ? a->cfg.he_threshold : a->cfg.secagg_threshold;
+        if (fs_dp_ddg_quant_bits(a->cfg.dp.clip, a->cfg.dp.noise_multiplier, (uint32_t)a->n_sites, t,
+                                 &a->dp_f) != FS_OK)
             goto fail;
+        if (cfg->encrypted) {
+            /* the grid above keeps the noisy sum within 2^31; the BFV
+             * plaintext space holds 2^25 either side: 6 bits coarser (at
+             * most the 24 the encoder takes), and the local noise must
+             * still be at least half a step */
+            int f = a->dp_f - (31 - ((int)FS_HE_PLAIN_BITS - 1));
+            if (f > 24) f = 24;
+            double local = a->cfg.dp.noise_multiplier * a->cfg.dp.clip * ldexp(1.0, f) / sqrt((double)t);
+            if (f < 0 || local < 0.5) {
+                fs_log_error("round: distributed DP with encrypted aggregation: no fixed-point grid fits "
+                             "clip %g, noise multiplier %g and %zu sites in the plaintext space (grid "
+                             "2^-%d, local noise %.3g steps); raise dp_clip or the noise", a->cfg.dp.clip,
+                             a->cfg.dp.noise_multiplier, a->n_sites, f, local);
+                goto fail;
+            }
+            a->dp_f = f;
+        }
         a->cfg.dp.sites = (int)a->n_sites;
-        a->cfg.dp.min_sites = (int)a->cfg.secagg_threshold;
+        a->cfg.dp.min_sites = (int)t;
         a->cfg.dp.granularity = ldexp(1.0, -a->dp_f);
         a->cfg.dp.dim = P;
         a->cfg.dp.sample_rate = 1.0;
@@ -1647,6 +2050,7 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
     }
     a->cfg.local_mask = NULL;
     if (cfg->secure_agg && !(a->sa_sum = calloc(P + 1, sizeof *a->sa_sum))) goto fail;
+    if (cfg->encrypted && !(a->he_res = calloc(P + 1, sizeof *a->he_res))) goto fail;
     for (size_t i = 0; i < a->n_sites; i++) {
         strcpy(a->sites[i].name, cfg->sites[i]);
         a->sites[i].sa_index = -1;
@@ -1725,6 +2129,8 @@ void fs_round_free(fs_round *a)
         sa_end(a);
         free(a->sa_sum);
         a->sa_sum = NULL;
+        free(a->he_res);
+        a->he_res = NULL;
     }
     if (!a) return;
     fs_journal_close(&a->journal);
@@ -1821,6 +2227,33 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
         task->action = FS_TASK_FINISHED;
         task->round = a->completed;
         task->retry_after_ms = 0;
+    } else if (a->cfg.encrypted) {
+        /* a site joins an attempt only while its keys are being collected */
+        task->action = FS_TASK_WAIT;
+        if (a->open && !a->closing && a->he && a->sa_stage == 0 && s->sa_index >= 0 &&
+            !fs_he_server_has(a->he, FS_HE_KEYED, (uint32_t)s->sa_index + 1)) {
+            task->action = FS_TASK_TRAIN;
+            task->local_epochs = a->cfg.local_epochs;
+            task->steps_per_epoch = a->cfg.steps_per_epoch;
+            task->lr = a->cfg.lr;
+            task->prox_mu = a->cfg.prox_mu;
+            double left = ceil(a->deadline - now);
+            task->seconds_left = left <= 0 ? 0 : left > 4e9 ? 4000000000u : (uint32_t)left;
+            task->retry_after_ms = 0;
+            task->encrypted = 1;
+            task->secagg_attempt = a->sa_attempt;
+            task->secagg_index = (uint32_t)s->sa_index;
+            task->secagg_sites = a->hep.n_sites;
+            task->secagg_threshold = a->hep.threshold;
+            memcpy(task->secagg_round_seed, a->hep.crs_seed, sizeof task->secagg_round_seed);
+            task->secagg_clip = a->hep.qz.clip;
+            task->secagg_weight_cap = a->sa_wcap;
+            task->secagg_quant_bits = (int32_t)a->hep.qz.frac_bits;
+            if (a->dp_dist) {
+                task->dp_distributed = 1;
+                task->dp_noise_multiplier = (float)a->cfg.dp.noise_multiplier;
+            }
+        }
     } else if (a->cfg.secure_agg) {
         /* a site joins an attempt only while its keys are being collected */
         task->action = FS_TASK_WAIT;
@@ -1922,7 +2355,25 @@ fs_status fs_round_update_begin(fs_round *a, const char *identity, const fs_wire
     if (s->uploading)
         return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                       "another upload of this site for round %u is in progress", r);
-    if (a->cfg.secure_agg) {
+    if (a->cfg.encrypted) {
+        if (!hdr->encrypted)
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "this federation takes encrypted updates only (encrypted aggregation)");
+        if (!a->he || hdr->secagg_attempt != a->sa_attempt || s->sa_index < 0)
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "encrypted update for attempt %u: not the attempt in progress",
+                          hdr->secagg_attempt);
+        if (a->sa_stage != 2 || !fs_he_server_has(a->he, FS_HE_SHARED, (uint32_t)s->sa_index + 1))
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "encrypted update for round %u: this site is not in the upload stage", r);
+        if (hdr->num_params != he_words(a))
+            return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                          "num_params %llu differs from the %zu words of the ciphertexts",
+                          (unsigned long long)hdr->num_params, he_words(a));
+    } else if (hdr->encrypted) {
+        return refuse(FS_ERR_MISMATCH, identity, why, whylen,
+                      "an encrypted update, but this federation does not use encrypted aggregation");
+    } else if (a->cfg.secure_agg) {
         if (!hdr->masked)
             return refuse(FS_ERR_MISMATCH, identity, why, whylen,
                           "this federation takes masked updates only (secure aggregation)");
@@ -2002,16 +2453,18 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "chunk at parameter %llu, expected %llu (chunks must be contiguous and "
                             "in order)", (unsigned long long)offset, (unsigned long long)u->received);
-    size_t words = a->U + (u->hdr.masked ? 1 : 0); /* a masked vector carries its weight too */
+    /* a masked vector carries its weight too; ciphertexts are opaque words */
+    size_t words = u->hdr.encrypted ? he_words(a) : a->U + (u->hdr.masked ? 1 : 0);
     if (len / 4 > words - u->received)
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "stream larger than the announced %zu parameters (chunk ends at %llu)",
                             words, (unsigned long long)(offset + len / 4));
     size_t bad;
-    if (!u->hdr.masked && fs_wire_check_finite(data, len, &bad) != FS_OK)
+    int opaque = u->hdr.masked || u->hdr.encrypted;
+    if (!opaque && fs_wire_check_finite(data, len, &bad) != FS_OK)
         return chunk_refuse(a, u, FS_ERR_NUMERIC, why, whylen, "parameter %llu is NaN or Inf",
                             (unsigned long long)(offset + bad));
-    if (a->local_mask && !u->hdr.masked &&
+    if (a->local_mask && !opaque &&
         fs_noniid_check_local(a->local_mask, a->P, offset, data, len, &bad) != FS_OK)
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "parameter %llu is a normalisation parameter kept at the sites (FedBN) "
@@ -2071,9 +2524,10 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
                           (unsigned long long)u->received, a->U);
         goto out;
     }
-    if (u->received != a->U + (u->hdr.masked ? 1 : 0)) {
-        st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen, "the stream ended after %llu of %zu parameters",
-                          (unsigned long long)u->received, a->U);
+    size_t want_words = u->hdr.encrypted ? he_words(a) : a->U + (u->hdr.masked ? 1 : 0);
+    if (u->received != want_words) {
+        st = chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen, "the stream ended after %llu of %zu words",
+                          (unsigned long long)u->received, want_words);
         goto out;
     }
     if (u->crc != u->hdr.crc32) {
@@ -2107,6 +2561,46 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
     }
     CRASH_POINT(a, FS_CRASH_AFTER_SPOOL);
 
+    if (u->hdr.encrypted) {
+        /* Encrypted aggregation: no journal (as below); the ciphertexts are
+         * verified, then added into the running ciphertext sum. */
+        double up_s = now - u->t_begin;
+        s->crc = u->crc;
+        fs_status fst = he_fold_spool(a, u->site);
+        if (fst != FS_OK) {
+            unlink_upload(a, u);
+            s->uploading = 0;
+            free(u);
+            if (fst == FS_ERR_IO || fst == FS_ERR_NOMEM) {
+                sa_restart(a, "an encrypted update could not be added to the sum");
+                if (why && whylen) snprintf(why, whylen, "the aggregator could not add the encrypted update");
+                return FS_ERR_IO;
+            }
+            /* a bad ciphertext object: refused, the sum untouched (verified first) */
+            if (why && whylen)
+                snprintf(why, whylen, "update for round %u: a ciphertext was refused (%s)", a->completed + 1,
+                         fs_status_str(fst));
+            return fst;
+        }
+        s->uploading = 0;
+        s->submitted = 1;
+        s->n = 1; /* the weight travels encrypted */
+        s->loss = u->hdr.train_loss;
+        s->dice[0] = u->hdr.global_dice_wt;
+        s->dice[1] = u->hdr.global_dice_tc;
+        s->dice[2] = u->hdr.global_dice_et;
+        s->train_s = u->hdr.train_seconds;
+        s->upload_s = up_s;
+        s->bytes_recv = (uint64_t)he_words(a) * 4u;
+        a->order[a->n_accepted++] = u->site;
+        fs_log_info("site %s: encrypted update for round %u accepted (%llu bytes, %.1f s upload)", s->name,
+                    u->round, (unsigned long long)s->bytes_recv, up_s);
+        if (why && whylen) why[0] = 0;
+        unlink_upload(a, u);
+        free(u);
+        sa_tick(a, now);
+        return FS_OK;
+    }
     if (u->hdr.masked) {
         /* Secure aggregation: no journal (a secure round is never resumed
          * mid-round); the masked vector goes into the running uint32 sum. */

@@ -124,7 +124,23 @@ typedef struct {
     double secagg_clip;         /* L2 clip C before quantisation (> 0)       */
     uint64_t secagg_weight_cap; /* public cap on a site's sample count; 0 = the
                                  * largest count the selected sites joined with */
-    double secagg_stage_s;      /* seconds a key or unmasking stage waits   */
+    double secagg_stage_s;      /* seconds a key or unmasking stage waits (also
+                                 * the key and decryption stages of encrypted
+                                 * aggregation)                              */
+    /* Encrypted aggregation (common/he_proto.h; docs/security.md). With
+     * encrypted set every round runs the multiparty-HE protocol among its
+     * selected sites (at least 2): a fresh collective public key from the
+     * sites' key shares and Shamir shares of those among the sites (both
+     * stages need every selected site), BFV ciphertext uploads until the
+     * round's deadline (the aggregator adds them up, holding no key), then
+     * threshold decryption of the sum by he_threshold of the sites that
+     * contributed. Values are clipped to ±he_clip and quantised on the
+     * finest grid that the plaintext space allows for the number of sites;
+     * the FedAvg weight (samples / weight cap, secagg_weight_cap) travels
+     * encrypted beside them. Not resumed mid-round (as secure_agg). */
+    int encrypted;
+    uint32_t he_threshold;      /* t; 0 = ⌊2n/3⌋ + 1 (2 ≤ t ≤ min_sites)     */
+    double he_clip;             /* each value is clipped to [−he_clip, he_clip] */
     /* Non-IID algorithms (all zero = plain FedAvg, bit for bit as above):
      * see "Server optimisers and robust rules" below. */
     fs_server_opt_hp server_opt;/* kind fedavg with lr 0 or 1 = w + mean delta */

@@ -44,7 +44,7 @@ static const char *const agg_keys[] = {
     "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "secure_agg",
     "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_weight_cap", "secagg_stage_s",
     "algorithm", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau",
-    "aggregation", "trim_fraction", "encrypted", NULL};
+    "aggregation", "trim_fraction", "encrypted", "he_threshold", "he_clip", NULL};
 
 static void agg_help(FILE *f)
 {
@@ -122,7 +122,14 @@ static void agg_help(FILE *f)
         "  aggregation = RULE         mean (sample-weighted) | median | trimmed_mean (coordinate-wise,\n"
         "                             unweighted; plain mode only) (default mean)\n"
         "  trim_fraction = F          trimmed_mean: share dropped at each end, 0 <= F < 0.5 (default 0.2)\n"
-        "  encrypted = BOOL           the federation uses encrypted aggregation (default false)\n\n"
+        "  encrypted = true|false     encrypted aggregation (docs/security.md): updates travel as\n"
+        "                             multiparty-HE ciphertexts under a key no single party holds;\n"
+        "                             the aggregator adds them and t sites decrypt the sum; needs\n"
+        "                             min_sites >= 2 (default false)\n"
+        "  he_threshold = T           sites needed to decrypt (default floor(2n/3)+1 of the n\n"
+        "                             selected; at most min_sites)\n"
+        "  he_clip = C                each update value is clipped to [-C, C] before quantisation\n"
+        "                             (default 10)\n\n"
         "Options:\n"
         "  --config FILE              the config file\n"
         "  -v, --verbose              more log lines (repeat for debug)\n"
@@ -353,9 +360,10 @@ static fs_status noniid_config(loader *l, double *mu, fs_round_config *out)
                      secure ? "masked" : "encrypted");
         return FS_ERR_ARG;
     }
-    if (encrypted) {
-        fs_log_error("encrypted = true: encrypted aggregation (multiparty homomorphic encryption, "
-                     "common/he.h) is not wired into the aggregator yet; use secure_agg = true");
+    if (encrypted && out->scaffold) {
+        fs_log_error("algorithm = scaffold cannot be combined with encrypted = true: its control-"
+                     "variate deltas are ~1/(K*lr) larger than the model deltas, and one clip and "
+                     "fixed-point grid cannot serve both");
         return FS_ERR_ARG;
     }
     if (secure && out->scaffold) {
@@ -394,7 +402,9 @@ int fs_cmd_aggregator(int argc, char **argv)
     long long rounds, min_sites, local_epochs, steps, seed, poll_ms;
     double fraction, deadline, join_wait, site_timeout, lr, mu, linger;
     const char *dp_mode;
-    int secure_agg;
+    int secure_agg, encrypted;
+    long long he_t = 0;
+    double he_clip = 10;
     long long sa_t, sa_k, sa_wcap;
     double sa_clip, sa_stage;
     fs_dp_params dp;
@@ -434,7 +444,10 @@ int fs_cmd_aggregator(int argc, char **argv)
         fs_config_get_int(l.cfg, "secagg_neighbours", 0, 0, 254, &sa_k) != FS_OK ||
         fs_config_get_float(l.cfg, "secagg_clip", 10, 1e-9, 1e6, &sa_clip) != FS_OK ||
         fs_config_get_int(l.cfg, "secagg_weight_cap", 0, 0, (long long)FS_WIRE_MAX_SAMPLES, &sa_wcap) != FS_OK ||
-        fs_config_get_float(l.cfg, "secagg_stage_s", 60, 1e-3, 1e9, &sa_stage) != FS_OK)
+        fs_config_get_float(l.cfg, "secagg_stage_s", 60, 1e-3, 1e9, &sa_stage) != FS_OK ||
+        fs_config_get_bool(l.cfg, "encrypted", 0, &encrypted) != FS_OK ||
+        fs_config_get_int(l.cfg, "he_threshold", 0, 0, 255, &he_t) != FS_OK ||
+        fs_config_get_float(l.cfg, "he_clip", 10, 1e-9, 1e6, &he_clip) != FS_OK)
         goto done_sites;
     if (!strcmp(dp_mode, "central")) {
         dp.mode = FS_DP_CENTRAL;
@@ -491,6 +504,7 @@ int fs_cmd_aggregator(int argc, char **argv)
         .secure_agg = secure_agg, .secagg_threshold = (uint32_t)sa_t,
         .secagg_neighbours = (uint32_t)sa_k, .secagg_clip = sa_clip,
         .secagg_weight_cap = (uint64_t)sa_wcap, .secagg_stage_s = sa_stage,
+        .encrypted = encrypted, .he_threshold = (uint32_t)he_t, .he_clip = he_clip,
         .server_opt = nonidd.server_opt, .agg_rule = nonidd.agg_rule, .trim = nonidd.trim,
         .scaffold = nonidd.scaffold, .local_norm = nonidd.local_norm};
     uint8_t *local_mask = NULL;

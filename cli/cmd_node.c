@@ -67,7 +67,8 @@ static void node_help(FILE *f)
         "                            double (default 30)\n"
         "  secagg_drop_stage = STAGE to demonstrate secure aggregation's dropout recovery: leave\n"
         "                            the protocol silently in round secagg_drop_round at STAGE:\n"
-        "                            advertise, shares, masked or unmask (default none)\n"
+        "                            advertise, shares, masked or unmask (encrypted aggregation:\n"
+        "                            keys, shares, upload or decrypt) (default none)\n"
         "  secagg_drop_round = R     the round of that dropout (default 1)\n"
         "  finetune_epochs = K       personalisation: after the last round, fine-tune the final\n"
         "                            model for K local epochs, evaluate it on this site's held-out\n"
@@ -170,12 +171,15 @@ static int build_config(fs_config *cfg, node_args *a, fs_node_config *o)
     if (fs_config_get_float(cfg, "backoff_max_s", 30, 0.5, 86400, &d) != FS_OK) return 0;
     o->backoff_max_s = d;
     if (fs_config_get_str(cfg, "secagg_drop_stage", "none", &s) != FS_OK) return 0;
+    /* the same four points of encrypted aggregation: keys, shares, upload, decrypt */
     static const char *const stages[] = {"advertise", "shares", "masked", "unmask"};
+    static const char *const he_stages[] = {"keys", "shares", "upload", "decrypt"};
     o->secagg_drop_stage = -1;
     for (int k = 0; k < 4; k++)
-        if (!strcmp(s, stages[k])) o->secagg_drop_stage = k;
+        if (!strcmp(s, stages[k]) || !strcmp(s, he_stages[k])) o->secagg_drop_stage = k;
     if (o->secagg_drop_stage < 0 && strcmp(s, "none") != 0) {
-        fs_log_error("node: secagg_drop_stage = %s: expected none, advertise, shares, masked or unmask", s);
+        fs_log_error("node: secagg_drop_stage = %s: expected none, advertise, shares, masked or unmask "
+                     "(encrypted aggregation: keys, shares, upload or decrypt)", s);
         return 0;
     }
     if (fs_config_get_int(cfg, "secagg_drop_round", 1, 1, 1000000, &v) != FS_OK) return 0;

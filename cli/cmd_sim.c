@@ -76,6 +76,7 @@ typedef struct {
     double dp_clip, dp_noise, dp_epsilon, dp_delta; /* dp_clip > 0: DP on */
     int dp_noise_given;
     int secure_agg, sa_threshold, sa_neighbours, drop, drop_round;
+    int encrypted, he_threshold;
     double sa_clip;
     const char *drop_stage;
     long long seed;
@@ -130,7 +131,9 @@ static void sim_help(FILE *f)
         "                       repeating for more sites)\n"
         "  --voxel-scale F      coarser synthesized voxels, in [0.5, 4] (default 1; 2 = quick tests)\n"
         "  --dp-clip C          client-level differential privacy (docs/security.md): each site's\n"
-        "                       update clipped to L2 norm C, Gaussian noise on the sum (default off)\n"
+        "                       update clipped to L2 norm C, Gaussian noise on the sum (default off;\n"
+        "                       added by the aggregator, or with --secure-agg / --encrypted as\n"
+        "                       discrete Gaussian shares from the sites)\n"
         "  --dp-noise Z         noise multiplier: standard deviation Z*C on the sum\n"
         "  --dp-epsilon E       privacy budget at --dp-delta; without --dp-noise the smallest Z\n"
         "                       that keeps all R rounds within E is computed\n"
@@ -140,9 +143,15 @@ static void sim_help(FILE *f)
         "  --secagg-threshold T sites needed to unmask (default floor(2n/3)+1, at most n-1)\n"
         "  --secagg-neighbours K  SecAgg+ neighbours per site, even (default n-1: full SecAgg)\n"
         "  --secagg-clip C      L2 clip of an update before quantisation (default 10)\n"
-        "  --drop K             with --secure-agg: the last K sites leave the protocol silently in\n"
-        "                       round --drop-round (default 2) at --drop-stage STAGE: advertise,\n"
-        "                       shares, masked or unmask (default masked), to show the recovery\n"
+        "  --encrypted          encrypted aggregation: updates travel as multiparty-HE ciphertexts\n"
+        "                       under a key no single party holds; the aggregator adds them and\n"
+        "                       t sites decrypt only the sum (docs/security.md); 2 or more sites\n"
+        "  --he-threshold T     sites needed to decrypt (default floor(2n/3)+1)\n"
+        "  --drop K             with --secure-agg or --encrypted: the last K sites leave the\n"
+        "                       protocol silently in round --drop-round (default 2) at\n"
+        "                       --drop-stage STAGE: advertise, shares, masked or unmask (default\n"
+        "                       masked; encrypted: keys, shares, upload or decrypt, default\n"
+        "                       upload), to show the recovery\n"
         "  --heterogeneity H    synthesized site differences: iid | mild (default) | strong\n"
         "  --algorithm A        fedavg (default) | fedprox | fedavgm | fedadagrad | fedadam | fedyogi |\n"
         "                       scaffold | fedbn\n"
@@ -188,7 +197,8 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"secure-agg", no_argument, 0, 1001}, {"secagg-threshold", required_argument, 0, 1002},
         {"secagg-neighbours", required_argument, 0, 1003}, {"drop", required_argument, 0, 1004},
         {"drop-stage", required_argument, 0, 1005}, {"drop-round", required_argument, 0, 1006},
-        {"secagg-clip", required_argument, 0, 1007},
+        {"secagg-clip", required_argument, 0, 1007}, {"encrypted", no_argument, 0, 1008},
+        {"he-threshold", required_argument, 0, 1009},
         {"algorithm", required_argument, 0, 'A'}, {"mu", required_argument, 0, 'u'},
         {"server-lr", required_argument, 0, 'L'}, {"aggregation", required_argument, 0, 'g'},
         {"trim", required_argument, 0, 'T'}, {"fraction", required_argument, 0, 'F'},
@@ -238,10 +248,13 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         case 1004: ok = fs_arg_ll(optarg, 1, FS_SIM_MAX_SITES, &v); o->drop = (int)v; break;
         case 1006: ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
         case 1007: ok = fs_arg_double(optarg, 1e-9, 1e6, &o->sa_clip); break;
+        case 1008: o->encrypted = 1; break;
+        case 1009: ok = fs_arg_ll(optarg, 2, 255, &v); o->he_threshold = (int)v; break;
         case 1005:
             o->drop_stage = optarg;
             ok = !strcmp(optarg, "advertise") || !strcmp(optarg, "shares") || !strcmp(optarg, "masked") ||
-                 !strcmp(optarg, "unmask");
+                 !strcmp(optarg, "unmask") || !strcmp(optarg, "keys") || !strcmp(optarg, "upload") ||
+                 !strcmp(optarg, "decrypt");
             break;
         case 'm': o->model = optarg; ok = fs_preset_find(optarg) != NULL; break;
         case 'd': o->data = optarg; break;
@@ -277,8 +290,13 @@ static int parse_args(int argc, char **argv, sim_opts *o)
                         "data; not with --data\n");
         return 2;
     }
-    if (o->drop && !o->secure_agg) {
-        fprintf(stderr, "fedseg sim: --drop shows secure aggregation's recovery: it needs --secure-agg\n");
+    if (o->drop && !o->secure_agg && !o->encrypted) {
+        fprintf(stderr, "fedseg sim: --drop shows the recovery of secure or encrypted aggregation: it needs "
+                        "--secure-agg or --encrypted\n");
+        return 2;
+    }
+    if (o->encrypted && o->secure_agg) {
+        fprintf(stderr, "fedseg sim: --encrypted and --secure-agg are two private modes: choose one\n");
         return 2;
     }
     if (!o->dp_clip && (o->dp_noise_given || o->dp_epsilon)) {
@@ -412,6 +430,14 @@ typedef struct {
 } sim;
 
 /* The aggregator's config. Paths are relative to config/. */
+/* Encrypted aggregation: a round opens with 2 sites, or with as many as the
+ * decryption threshold asks for (a round must be decryptable). */
+static int he_min_sites(const sim_opts *o, int n)
+{
+    int m = o->he_threshold > 2 ? o->he_threshold : 2;
+    return m < n ? m : n;
+}
+
 static fs_status write_agg_config(sim *s)
 {
     const sim_opts *o = s->o;
@@ -448,7 +474,8 @@ static fs_status write_agg_config(sim *s)
         "poll_ms = 250\n",
         sites, o->rounds,
         /* distributed DP: every round needs more sites than the threshold */
-        o->min_sites ? o->min_sites : o->secure_agg && o->dp_clip > 0 ? s->n : o->secure_agg ? 3 : (s->n < 2 ? s->n : 2),
+        o->min_sites ? o->min_sites : (o->secure_agg || o->encrypted) && o->dp_clip > 0 ? s->n : o->secure_agg ? 3 :
+        o->encrypted ? he_min_sites(o, s->n) : (s->n < 2 ? s->n : 2),
         o->fraction > 0 ? o->fraction : 1.0, o->deadline, o->local_epochs,
         o->steps, o->model, o->lr, o->seed, o->device);
     if (len > 0 && len < (int)sizeof text && o->dp_clip > 0)
@@ -459,7 +486,7 @@ static fs_status write_agg_config(sim *s)
                         "dp_noise_multiplier = %.9g\n"
                         "dp_delta = %.9g\n"
                         "dp_epsilon = %.9g\n",
-                        o->secure_agg ? "distributed" : "central", o->dp_clip, o->dp_noise, o->dp_delta,
+                        o->secure_agg || o->encrypted ? "distributed" : "central", o->dp_clip, o->dp_noise, o->dp_delta,
                         o->dp_epsilon);
     if (len > 0 && len < (int)sizeof text && o->secure_agg) {
         len += snprintf(text + len, sizeof text - (size_t)len,
@@ -475,6 +502,16 @@ static fs_status write_agg_config(sim *s)
 
         if (len < (int)sizeof text && o->sa_neighbours)
             len += snprintf(text + len, sizeof text - (size_t)len, "secagg_neighbours = %d\n", o->sa_neighbours);
+    }
+    if (len > 0 && len < (int)sizeof text && o->encrypted) {
+        len += snprintf(text + len, sizeof text - (size_t)len,
+                        "# encrypted aggregation (--encrypted)\n"
+                        "encrypted = true\n"
+                        "# each key or decryption stage waits up to a quarter of the round deadline\n"
+                        "secagg_stage_s = %g\n",
+                        o->deadline / 4 < 1 ? 1 : o->deadline / 4 > 60 ? 60 : o->deadline / 4);
+        if (len < (int)sizeof text && o->he_threshold)
+            len += snprintf(text + len, sizeof text - (size_t)len, "he_threshold = %d\n", o->he_threshold);
     }
     if (len < 0 || len >= (int)sizeof text) return FS_ERR_ARG;
     /* the non-IID keys, only those given (the aggregator's defaults otherwise) */
@@ -518,7 +555,7 @@ static fs_status write_node_config(sim *s, int i, int port)
         o->seed + i + 1, batch, nm, o->finetune_epochs);
     if (len > 0 && len < (int)sizeof text && o->drop && i >= s->n - o->drop)
         len += snprintf(text + len, sizeof text - (size_t)len,
-                        "# --drop: this site leaves secure aggregation once, to show the recovery\n"
+                        "# --drop: this site leaves the private aggregation once, to show the recovery\n"
                         "secagg_drop_stage = %s\n"
                         "secagg_drop_round = %d\n",
                         o->drop_stage, o->drop_round);
@@ -534,19 +571,27 @@ static fs_status write_node_config(sim *s, int i, int port)
  * within --dp-epsilon, counting t shares per round. */
 static fs_status distributed_dp_setup(sim_opts *o, int n)
 {
-    int t = o->sa_threshold ? o->sa_threshold : 2 * n / 3 + 1;
+    const int he = o->encrypted;
+    int t = he ? o->he_threshold : o->sa_threshold;
+    if (!t) t = 2 * n / 3 + 1;
     if (t > n - 1) t = n - 1;
     if (t < 2) t = 2;
     if (t >= n) {
-        fs_log_error("--dp-* with --secure-agg needs more sites than the threshold (%d site(s), t %d)", n, t);
+        fs_log_error("--dp-* with %s needs more sites than the threshold (%d site(s), t %d)",
+                     he ? "--encrypted" : "--secure-agg", n, t);
         return FS_ERR_ARG;
     }
-    o->sa_threshold = t;
+    if (he) o->he_threshold = t;
+    else o->sa_threshold = t;
     if (o->dp_noise_given) return FS_OK;
     const fs_preset *pr = fs_preset_find(o->model);
     for (int it = 0; it < 400; it++, o->dp_noise *= 1.02) {
         int f;
         if (fs_dp_ddg_quant_bits(o->dp_clip, o->dp_noise, (uint32_t)n, (uint32_t)t, &f) != FS_OK) continue;
+        if (he) { /* the aggregator's grid for the BFV plaintext space (aggregator/round.c) */
+            f = f - 6 > 24 ? 24 : f - 6;
+            if (f < 0 || o->dp_noise * o->dp_clip * ldexp(1.0, f) / sqrt((double)t) < 0.5) continue;
+        }
         fs_dp_params p;
         fs_dp_params_default(&p);
         p.mode = FS_DP_DISTRIBUTED;
@@ -918,11 +963,20 @@ int fs_cmd_sim(int argc, char **argv)
                      o.min_sites);
         return 1;
     }
+    if (o.encrypted && (s.n < 2 || (o.min_sites && o.min_sites < 2))) {
+        fs_log_error("--encrypted needs 2 or more sites in every round (%d site(s), --min-sites %d)", s.n,
+                     o.min_sites);
+        return 1;
+    }
+    if (o.encrypted && o.he_threshold > s.n) {
+        fs_log_error("--he-threshold %d: only %d site(s)", o.he_threshold, s.n);
+        return 1;
+    }
     if (o.drop > s.n) {
         fs_log_error("--drop %d: only %d site(s)", o.drop, s.n);
         return 1;
     }
-    if (o.secure_agg && o.dp_clip > 0 && distributed_dp_setup(&o, s.n) != FS_OK) return 1;
+    if ((o.secure_agg || o.encrypted) && o.dp_clip > 0 && distributed_dp_setup(&o, s.n) != FS_OK) return 1;
     if (provision(&s) != FS_OK) {
         fs_log_error("cannot provision the consortium in %s/consortium", o.out);
         return 1;
@@ -969,6 +1023,9 @@ int fs_cmd_sim(int argc, char **argv)
     printf("the aggregator listens on 127.0.0.1:%d (mutual TLS)\n", port);
     if (o.secure_agg)
         printf("secure aggregation: the aggregator sees only masked updates%s\n",
+               o.drop ? "; some sites will drop out once (--drop) to show the recovery" : "");
+    if (o.encrypted)
+        printf("encrypted aggregation: the aggregator sees only ciphertexts and their decrypted sum%s\n",
                o.drop ? "; some sites will drop out once (--drop) to show the recovery" : "");
     if (o.dp_clip > 0) {
         char budget[64] = "";

@@ -277,13 +277,16 @@ typedef enum {
     FS_HE_OBJ_PUBKEY = 2,             /* 1 poly (b), NTT form                    */
     FS_HE_OBJ_SHAMIR = 3,             /* 1 poly: f_i(k); WARNING: secret         */
     FS_HE_OBJ_CT = 4,                 /* 2 polys (c0, c1)                        */
-    FS_HE_OBJ_PARTIAL = 5             /* 1 poly                                  */
+    FS_HE_OBJ_PARTIAL = 5,            /* 1 poly                                  */
+    FS_HE_OBJ_C1 = 6                  /* 1 poly: c1 of a summed ciphertext (the
+                                         decryption request, common/he_proto.h) */
 } fs_he_obj_kind;
 
 /* What travels beside the polynomials, all covered by the digest:
  * the sender's site (0 for the aggregator), the receiver (Shamir shares; else
  * 0), an index (ciphertext number in the update), the key id (zeros before the
- * collective key exists), and for partials a digest of the set T. */
+ * collective key exists), and for partials and decryption requests (C1) a
+ * digest of the set T. */
 typedef struct {
     fs_he_obj_kind kind;
     uint32_t from, to;

@@ -1,7 +1,8 @@
 /*
  * common/he_wire.c — the bytes of every homomorphic-encryption object that
  * crosses the network (public-key shares, the collective key, Shamir shares,
- * ciphertexts, partial decryptions), written and strictly parsed here.
+ * ciphertexts, partial decryptions, the c1 halves of the summed ciphertext
+ * sent with a decryption request), written and strictly parsed here.
  *
  * Layout (little-endian; the packing code assumes a little-endian host), 40-byte header, packed residues, digest:
  *   0  "FSHE"        4  version (1)    5  kind        6  primes (2)  7  bits (47)
@@ -34,7 +35,7 @@ static unsigned polys_of(fs_he_obj_kind kind)
 {
     switch (kind) {
     case FS_HE_OBJ_PK_SHARE: case FS_HE_OBJ_PUBKEY: case FS_HE_OBJ_SHAMIR:
-    case FS_HE_OBJ_PARTIAL: return 1;
+    case FS_HE_OBJ_PARTIAL: case FS_HE_OBJ_C1: return 1;
     case FS_HE_OBJ_CT: return 2;
     }
     return 0;
@@ -48,6 +49,7 @@ static const char *kind_name(unsigned kind)
     case FS_HE_OBJ_SHAMIR: return "key-share share";
     case FS_HE_OBJ_CT: return "ciphertext";
     case FS_HE_OBJ_PARTIAL: return "partial decryption";
+    case FS_HE_OBJ_C1: return "decryption request (c1)";
     }
     return "unknown object";
 }

@@ -35,7 +35,7 @@ const fs_rpc_method fs_federation_methods[FS_M_COUNT] = {
 
 /* ---- the strict reader ------------------------------------------------- */
 
-#define MAX_FIELD 32 /* highest field number any message in the .proto may use */
+#define MAX_FIELD 33 /* highest field number any message in the .proto may use */
 
 typedef struct {
     int seen;
@@ -477,7 +477,8 @@ fs_status fs_wire_encode_task(const fs_wire_task *m, uint8_t **out, size_t *len)
     pm.secagg_sites = m->secagg_sites;
     pm.secagg_threshold = m->secagg_threshold;
     pm.secagg_neighbours = m->secagg_neighbours;
-    if (m->secure_agg) {
+    pm.encrypted = m->encrypted ? 1 : 0;
+    if (m->secure_agg || m->encrypted) {
         pm.secagg_round_seed.data = (uint8_t *)m->secagg_round_seed;
         pm.secagg_round_seed.len = sizeof m->secagg_round_seed;
     }
@@ -526,6 +527,7 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     }
     out->scaffold = get_u64(&r, "scaffold") != 0;
     out->local_norm = get_u64(&r, "local_norm") != 0;
+    out->encrypted = get_u64(&r, "encrypted") != 0;
     if (action > FS_TASK_FINISHED) {
         say(why, whylen, "%s: unknown action %u", msg, action);
         DEC_TRY(FS_ERR_FORMAT);
@@ -537,7 +539,37 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
     }
     DEC_TRY(check_range_u64(msg, "retry_after_ms", out->retry_after_ms, 0, 86400000u, why, whylen));
     DEC_TRY(check_finite_min(msg, "dp_clip", out->dp_clip, 0.0, 0, why, whylen));
-    if (out->secure_agg) {
+    if (out->encrypted) {
+        if (out->secure_agg || out->secagg_neighbours) {
+            say(why, whylen, "%s: encrypted with secure_agg or neighbour fields set", msg);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+        if (out->dp_distributed)
+            DEC_TRY(check_finite_min(msg, "dp_noise_multiplier", out->dp_noise_multiplier, 0.0, 1, why,
+                                     whylen));
+        else if (out->dp_noise_multiplier != 0) {
+            say(why, whylen, "%s: distributed-DP fields set but dp_distributed is false", msg);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+        DEC_TRY(check_range_u64(msg, "secagg_sites", out->secagg_sites, 2, 255, why, whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_index", out->secagg_index, 0, out->secagg_sites - 1, why,
+                                whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_threshold", out->secagg_threshold, 2,
+                                out->secagg_sites, why, whylen));
+        if (seed->len != sizeof out->secagg_round_seed) {
+            say(why, whylen, "%s: secagg_round_seed has %zu bytes, expected 32", msg, seed->len);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+        memcpy(out->secagg_round_seed, seed->p, sizeof out->secagg_round_seed);
+        DEC_TRY(check_finite_min(msg, "secagg_clip", out->secagg_clip, 0.0, 1, why, whylen));
+        DEC_TRY(check_range_u64(msg, "secagg_weight_cap", out->secagg_weight_cap, 1,
+                                FS_WIRE_MAX_SAMPLES, why, whylen));
+        if (out->secagg_quant_bits < 0 || out->secagg_quant_bits > 24) {
+            say(why, whylen, "%s: secagg_quant_bits = %d is outside [0, 24]", msg,
+                (int)out->secagg_quant_bits);
+            DEC_TRY(FS_ERR_FORMAT);
+        }
+    } else if (out->secure_agg) {
         DEC_TRY(check_range_u64(msg, "secagg_sites", out->secagg_sites, 3, 255, why, whylen));
         DEC_TRY(check_range_u64(msg, "secagg_index", out->secagg_index, 0, out->secagg_sites - 1, why,
                                 whylen));
@@ -569,7 +601,7 @@ fs_status fs_wire_decode_task(const uint8_t *buf, size_t len, fs_wire_task *out,
                out->secagg_sites || out->secagg_threshold || out->secagg_neighbours || seed->len ||
                out->secagg_clip != 0 || out->secagg_weight_cap || out->secagg_index ||
                out->secagg_attempt) {
-        say(why, whylen, "%s: secagg fields set but secure_agg is false", msg);
+        say(why, whylen, "%s: secagg fields set but secure_agg and encrypted are false", msg);
         DEC_TRY(FS_ERR_FORMAT);
     }
     if (out->action == FS_TASK_TRAIN) {
@@ -661,6 +693,7 @@ fs_status fs_wire_encode_update_chunk(const fs_wire_update_chunk *m, uint8_t **o
         ph.crc32 = h->crc32;
         ph.masked = h->masked ? 1 : 0;
         ph.secagg_attempt = h->secagg_attempt;
+        ph.encrypted = h->encrypted ? 1 : 0;
         pm.header = &ph;
     }
     pm.offset = m->offset;
@@ -689,6 +722,11 @@ static fs_status decode_update_header(const uint8_t *b, size_t n, fs_wire_update
     h->crc32 = get_u32(&r, "crc32");
     h->masked = get_u64(&r, "masked") != 0;
     h->secagg_attempt = get_u32(&r, "secagg_attempt");
+    h->encrypted = get_u64(&r, "encrypted") != 0;
+    if (h->masked && h->encrypted) {
+        say(why, whylen, "%s: both masked and encrypted", msg);
+        return FS_ERR_FORMAT;
+    }
     FS_TRY(check_range_u64(msg, "round", h->round, 1, UINT32_MAX, why, whylen));
     FS_TRY(check_range_u64(msg, "num_params", h->num_params, 1, FS_WIRE_MAX_PARAMS, why, whylen));
     FS_TRY(check_range_u64(msg, "num_samples", h->num_samples, 1, FS_WIRE_MAX_SAMPLES, why, whylen));

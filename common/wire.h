@@ -42,8 +42,12 @@
  *                  finite always; retry_after_ms ≤ 24 h; dp_clip finite, ≥ 0;
  *                  secure_agg: 3 ≤ sites ≤ 255, index < sites, 2 ≤ threshold,
  *                  neighbours < sites, a 32-byte seed, clip finite > 0,
- *                  weight_cap ≥ 1 (all secagg fields zero otherwise)
- *   SecAgg         round ≥ 1, stage ≤ 5, payload ≤ FS_SECAGG_MAX_PAYLOAD;
+ *                  weight_cap ≥ 1 (all secagg fields zero otherwise);
+ *                  encrypted (not with secure_agg): 2 ≤ sites ≤ 255, index <
+ *                  sites, 2 ≤ threshold ≤ sites, neighbours 0, a 32-byte
+ *                  seed, clip finite > 0, weight_cap ≥ 1, quant bits 0..24,
+ *                  dp_noise_multiplier > 0 with dp_distributed (else 0)
+ *   SecAgg         round ≥ 1, stage ≤ 11, payload ≤ FS_SECAGG_MAX_PAYLOAD;
  *                  reply status ≤ 2, retry_after_ms ≤ 24 h
  *   UpdateHeader   round ≥ 1, train_loss and train_seconds finite and ≥ 0,
  *                  each Dice in [0,1] or NaN ("not evaluated")
@@ -138,7 +142,11 @@ typedef struct {
     uint64_t secagg_weight_cap;        /* ≥ 1                                   */
     int dp_distributed;                /* secure_agg only: add a noise share     */
     float dp_noise_multiplier;         /* > 0 with dp_distributed                */
-    int32_t secagg_quant_bits;         /* f, -60..60, with dp_distributed        */
+    int32_t secagg_quant_bits;         /* f, -60..60, with dp_distributed;
+                                          encrypted: f, 0..24                    */
+    int encrypted;                     /* encrypted aggregation (common/he_proto.h):
+                                          the secagg_* fields describe the attempt,
+                                          2 ≤ sites ≤ 255, neighbours 0          */
 } fs_wire_task;
 
 /* DownloadModel (server stream): one request, then ModelChunks in order. */
@@ -172,6 +180,8 @@ typedef struct {
     uint32_t crc32;                    /* of the whole update's bytes */
     int masked;                        /* secure aggregation: uint32 masked words */
     uint32_t secagg_attempt;
+    int encrypted;                     /* encrypted aggregation: ciphertext objects,
+                                          num_params = their bytes / 4           */
 } fs_wire_update_header;
 
 typedef struct {
@@ -194,9 +204,16 @@ typedef enum {
     FS_SA_SHARES = 2,      /* site → server: encrypted shares               */
     FS_SA_GET_RELAY = 3,   /* server → site: the shares addressed to it     */
     FS_SA_GET_UNMASK = 4,  /* server → site: the unmasking request          */
-    FS_SA_UNMASK = 5       /* site → server: the unmasking response         */
+    FS_SA_UNMASK = 5,      /* site → server: the unmasking response         */
+    /* encrypted aggregation (common/he_proto.h) */
+    FS_HE_KEYS = 6,        /* site → server: KEYS                           */
+    FS_HE_GET_BCAST = 7,   /* server → site: BCAST                          */
+    FS_HE_SHARES = 8,      /* site → server: one SHARES part                */
+    FS_HE_GET_RELAY = 9,   /* server → site: RELAY (request: u32 start)     */
+    FS_HE_GET_DECRYPT = 10,/* server → site: REQ (request: u32 start)       */
+    FS_HE_PARTIALS = 11    /* site → server: PART                           */
 } fs_secagg_stage;
-#define FS_SA_STAGE_MAX FS_SA_UNMASK
+#define FS_SA_STAGE_MAX FS_HE_PARTIALS
 typedef enum { FS_SA_WAIT = 0, FS_SA_OK = 1, FS_SA_ABANDONED = 2 } fs_secagg_reply_status;
 /* The largest SecAgg payload (a KEYS or SHARES message of 255 sites is
  * about 30 KB). */

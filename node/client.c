@@ -20,6 +20,7 @@
 #include "common/dp.h"
 #include "common/log.h"
 #include "common/secagg.h"
+#include "common/he_proto.h"
 #include "common/rng.h"
 #include "common/transport.h"
 #include "common/wire.h"
@@ -543,8 +544,13 @@ static fs_status secagg_step(node *n, const fs_wire_task *t, fs_secagg_stage sta
         free(*raw);
         *raw = NULL;
         if (rep->status == FS_SA_ABANDONED) {
-            fs_log_warn("round %u: secure aggregation over for this site: %s", t->round,
-                        rep->reason[0] ? rep->reason : "(no reason)");
+            if (stage == FS_HE_GET_DECRYPT) /* the normal end of an encrypted round */
+                fs_log_info("round %u: decryption is over for this site (%s)", t->round,
+                            rep->reason[0] ? rep->reason : "no reason given");
+            else
+                fs_log_warn("round %u: %s aggregation over for this site: %s", t->round,
+                            t->encrypted ? "encrypted" : "secure",
+                            rep->reason[0] ? rep->reason : "(no reason)");
             return FS_ERR_ABANDONED;
         }
         if (now_s() > give_up) {
@@ -564,7 +570,11 @@ static int drop_here(node *n, const fs_wire_task *t, int stage)
     static const char *const names[] = {"before advertising its keys", "before sending its shares",
                                          "before sending its masked update",
                                          "before answering the unmasking request"};
-    fs_log_warn("round %u: leaving secure aggregation %s (configured dropout)", t->round, names[stage]);
+    static const char *const he_names[] = {"before sending its key share", "before sending its shares",
+                                            "before sending its encrypted update",
+                                            "before decrypting"};
+    fs_log_warn("round %u: leaving %s aggregation %s (configured dropout)", t->round,
+                t->encrypted ? "encrypted" : "secure", t->encrypted ? he_names[stage] : names[stage]);
     n->dropped = 1;
     n->drop_attempt = t->secagg_attempt;
     return 1;
@@ -709,9 +719,205 @@ done:
     return st;
 }
 
+/* ---- encrypted aggregation --------------------------------------------------- */
+
+/* A stage step whose request payload is a 4-byte start index. */
+static fs_status he_step_at(node *n, const fs_wire_task *t, fs_secagg_stage stage, uint32_t start,
+                            fs_wire_secagg_reply *rep, uint8_t **raw)
+{
+    uint8_t b[4] = {(uint8_t)start, (uint8_t)(start >> 8), (uint8_t)(start >> 16), (uint8_t)(start >> 24)};
+    return secagg_step(n, t, stage, b, sizeof b, rep, raw);
+}
+
+/* An encrypted round (client.h): key setup, local training, the update as
+ * BFV ciphertexts under the round's collective key, then — when chosen —
+ * partial decryptions of the sum. */
+static fs_status train_round_encrypted(node *n, const fs_wire_task *t)
+{
+    uint32_t r = t->round;
+    if (t->num_params && t->num_params != n->P) {
+        snprintf(n->why, sizeof n->why, "the task is for a model of %llu parameters, this site's has %zu",
+                 (unsigned long long)t->num_params, n->P);
+        n->joined = 0;
+        return FS_ERR_MISMATCH;
+    }
+    n->pending = 0;
+    if (n->dropped && r == n->cfg->secagg_drop_round && t->secagg_attempt == n->drop_attempt) {
+        nap(n, 0.5); /* stays out of the attempt it left (a dropped site) */
+        return FS_OK;
+    }
+    fs_he_params p;
+    memset(&p, 0, sizeof p);
+    p.round = r;
+    p.attempt = t->secagg_attempt;
+    p.n_sites = t->secagg_sites;
+    p.threshold = t->secagg_threshold;
+    memcpy(p.crs_seed, t->secagg_round_seed, sizeof p.crs_seed);
+    p.n_values = n->P;
+    p.qz.clip = (float)t->secagg_clip;
+    p.qz.frac_bits = (unsigned)t->secagg_quant_bits;
+    fs_he_site *hs = NULL;
+    uint8_t *out = NULL, *raw = NULL, **parts = NULL, *cts = NULL;
+    size_t olen = 0, *plens = NULL, nparts = 0;
+    int64_t *q = NULL;
+    fs_wire_secagg_reply rep;
+    double t0 = now_s(), loss = NAN, ts = 0, dice[3] = {NAN, NAN, NAN};
+    uint64_t recv = 0, sent = 0;
+    unsigned answered = 0;
+    fs_status st = fs_he_params_check(&p);
+    if (st == FS_OK) st = fs_he_site_new(&p, t->secagg_index + 1, &hs);
+    if (st != FS_OK) {
+        snprintf(n->why, sizeof n->why, "round %u: cannot take part in encrypted aggregation: %s", r,
+                 fs_status_str(st));
+        fs_log_warn("%s", n->why);
+        return FS_OK; /* this round goes on without us */
+    }
+#define HE_TRY(expr) do { st = (expr); if (st != FS_OK) goto done; } while (0)
+    if (drop_here(n, t, 0)) goto done;
+    HE_TRY(fs_he_site_keys(hs, &out, &olen));
+    HE_TRY(secagg_step(n, t, FS_HE_KEYS, out, olen, &rep, &raw));
+    free(out), out = NULL, free(raw), raw = NULL;
+    HE_TRY(secagg_step(n, t, FS_HE_GET_BCAST, NULL, 0, &rep, &raw));
+    if (drop_here(n, t, 1)) goto done;
+    HE_TRY(fs_he_site_shares(hs, rep.payload, rep.len, &parts, &plens, &nparts));
+    free(raw), raw = NULL;
+    for (size_t i = 0; i < nparts; i++) {
+        HE_TRY(secagg_step(n, t, FS_HE_SHARES, parts[i], plens[i], &rep, &raw));
+        free(raw), raw = NULL;
+    }
+    fs_he_site_free_parts(parts, plens, nparts);
+    parts = NULL, plens = NULL, nparts = 0;
+    for (uint32_t start = 1; start;) {
+        HE_TRY(he_step_at(n, t, FS_HE_GET_RELAY, start, &rep, &raw));
+        HE_TRY(fs_he_site_recv_relay(hs, rep.payload, rep.len, &start));
+        free(raw), raw = NULL;
+    }
+
+    HE_TRY(local_train(n, t, &loss, dice, &ts, &recv));
+    if (*n->stop) goto done;
+    if (drop_here(n, t, 2)) goto done;
+    uint64_t m = fs_session_nsamples(n->ses);
+    if (m > t->secagg_weight_cap && !t->dp_distributed) {
+        fs_log_warn("round %u: %llu training slices exceed the weight cap %llu; counted as the cap", r,
+                    (unsigned long long)m, (unsigned long long)t->secagg_weight_cap);
+    }
+    if (m > t->secagg_weight_cap) m = t->secagg_weight_cap; /* DP: every site weighs 1 */
+    if (t->dp_distributed) {
+        double norm = 0;
+        HE_TRY(fs_dp_clip_l2(n->delta, n->P, t->secagg_clip, &norm));
+        fs_log_info("round %u: update L2 norm %.4g %s the privacy clip %.4g", r, norm,
+                    norm > t->secagg_clip ? "clipped to" : "within", t->secagg_clip);
+    }
+    const size_t nct = fs_he_params_nct(&p), ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
+    q = malloc(nct * FS_HE_N * sizeof *q);
+    cts = malloc(nct * ob);
+    if (!q || !cts) {
+        st = FS_ERR_NOMEM;
+        goto done;
+    }
+    uint64_t sr_seed;
+    randombytes_buf(&sr_seed, sizeof sr_seed);
+    HE_TRY(fs_he_quantise(&p.qz, n->delta, n->P, (float)((double)m / (double)t->secagg_weight_cap), sr_seed,
+                          q));
+    if (t->dp_distributed) {
+        /* WARNING: this site's share of the privacy noise (Kairouz et al.
+         * 2021): a discrete Gaussian of stddev σ·C·2^f/√t integer steps on
+         * every update value, from a fresh secret key, added before
+         * encryption so that only the decrypted sum ever holds it. */
+        double local_sd = (double)t->dp_noise_multiplier * t->secagg_clip * ldexp(1.0, (int)p.qz.frac_bits) /
+                          sqrt((double)t->secagg_threshold);
+        fs_dp_dgauss g;
+        int64_t *noise = malloc(FS_HE_N * sizeof *noise);
+        uint8_t nkey[32];
+        st = noise ? fs_dp_dgauss_init(&g, local_sd) : FS_ERR_NOMEM;
+        randombytes_buf(nkey, sizeof nkey);
+        for (size_t off = 0; off < n->P && st == FS_OK; off += FS_HE_N) {
+            size_t k = n->P - off < FS_HE_N ? n->P - off : FS_HE_N;
+            fs_dp_dgauss_sample(&g, nkey, off, noise, k);
+            for (size_t i = 0; i < k; i++) q[off + i] += noise[i];
+        }
+        sodium_memzero(nkey, sizeof nkey);
+        if (noise) sodium_memzero(noise, FS_HE_N * sizeof *noise);
+        free(noise);
+        if (st != FS_OK) goto done;
+        fs_log_info("round %u: noise share added (discrete Gaussian, stddev %.4g steps of 2^-%u)", r, local_sd,
+                    p.qz.frac_bits);
+    }
+    double te = now_s();
+    for (uint32_t j = 0; j < nct; j++)
+        HE_TRY(fs_he_site_encrypt_ct(hs, q, n->P + 1, j, cts + (size_t)j * ob, ob));
+    fs_log_info("round %u: update encrypted: %zu ciphertext(s), %.2f MB, %.2f s", r, nct,
+                (double)(nct * ob) / 1e6, now_s() - te);
+    fs_wire_update_header h;
+    memset(&h, 0, sizeof h);
+    h.protocol_version = FS_PROTOCOL_VERSION;
+    h.round = r;
+    h.num_params = nct * ob / 4;
+    h.num_samples = 1; /* the real weight travels encrypted */
+    h.train_loss = (float)loss;
+    h.global_dice_wt = (float)dice[0];
+    h.global_dice_tc = (float)dice[1];
+    h.global_dice_et = (float)dice[2];
+    h.train_seconds = ts;
+    h.encrypted = 1;
+    h.secagg_attempt = t->secagg_attempt;
+    h.crc32 = fs_wire_crc32_bytes(0, cts, nct * ob);
+    n->rep.rounds_trained++;
+    st = push_words(n, cts, nct * ob / 4, &h, &sent);
+    free(cts), cts = NULL;
+    if (st == FS_ERR_MISMATCH) {
+        fs_log_warn("the aggregator refused this site's encrypted update for round %u: %s", r, n->why);
+        n->rep.updates_refused++;
+        st = FS_OK;
+        goto done;
+    }
+    if (st != FS_OK) goto done;
+    n->rep.updates_accepted++;
+    n->rep.last_round_done = r;
+    if (drop_here(n, t, 3)) goto done;
+    /* Decryption: asked while the aggregator wants this site's partials
+     * (it answers WAIT while it does not, and ABANDONED once the round is
+     * over, which ends the loop through HE_TRY). */
+    for (uint32_t start = 0;;) {
+        HE_TRY(he_step_at(n, t, FS_HE_GET_DECRYPT, start, &rep, &raw));
+        uint32_t gen = 0, next = 0;
+        HE_TRY(fs_he_site_partials(hs, rep.payload, rep.len, &out, &olen, &gen, &next));
+        free(raw), raw = NULL;
+        HE_TRY(secagg_step(n, t, FS_HE_PARTIALS, out, olen, &rep, &raw));
+        free(out), out = NULL;
+        if (rep.len) {
+            fs_log_warn("round %u: the decryption set changed; answering again", r);
+            start = 0;
+        } else {
+            start = next;
+            if (!next) answered++;
+        }
+        free(raw), raw = NULL;
+    }
+done:
+#undef HE_TRY
+    if (n->rep.last_round_done == r && sent) {
+        printf("round %u  global Dice WT %.3f TC %.3f ET %.3f  loss %.4f  train %.1f s  round %.1f s  "
+               "sent %.2f MB  received %.2f MB  (encrypted aggregation%s)\n",
+               r, dice[0], dice[1], dice[2], loss, ts, now_s() - t0, sent / 1e6, recv / 1e6,
+               answered ? ", took part in decryption" : "");
+        fflush(stdout);
+    }
+    free(out);
+    free(raw);
+    free(q);
+    free(cts);
+    fs_he_site_free_parts(parts, plens, nparts);
+    fs_he_site_free(hs);
+    if (st == FS_ERR_ABANDONED) st = FS_OK; /* the round goes on (or restarts) without us */
+    if (st == FS_ERR_MISMATCH && n->rpc != FS_RPC_FAILED_PRECONDITION) st = FS_ERR_IO;
+    return st;
+}
+
 static fs_status train_round(node *n, const fs_wire_task *t)
 {
     if (t->secure_agg) return train_round_secure(n, t);
+    if (t->encrypted) return train_round_encrypted(n, t);
     uint32_t r = t->round;
     if (t->num_params && t->num_params != n->P) {
         /* the aggregator changed its model: Join again, which refuses clearly */

@@ -13,7 +13,9 @@ target_include_directories(test_sim_metrics PRIVATE ${CMAKE_SOURCE_DIR})
 #   test_fault_tls         no certificate / another CA / an identity not listed: refused, logged (15-30 s)
 #   test_sim_dp            --dp-clip / --dp-epsilon: calibrated noise, epsilon per round, clipping (about 20 s)
 #   test_sim_secagg        --secure-agg with dropouts: recovery, an abandoned attempt (about 60 s)
-foreach(t test_sim test_sim_stop test_fault_node_kill test_fault_agg_kill test_fault_tls test_sim_dp test_sim_secagg)
+#   test_sim_he            --encrypted with dropouts: recovery, an abandoned attempt (about 90 s)
+foreach(t test_sim test_sim_stop test_fault_node_kill test_fault_agg_kill test_fault_tls test_sim_dp test_sim_secagg
+          test_sim_he)
   add_test(NAME ${t} COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/${t}.sh)
   set_tests_properties(${t} PROPERTIES ENVIRONMENT "FS_FEDSEG=$<TARGET_FILE:fedseg>"
                        WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR} TIMEOUT 600 SKIP_RETURN_CODE 77)

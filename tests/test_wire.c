@@ -252,6 +252,23 @@ static any_msg valid(msg_kind k, int variant)
             m.t.dp_distributed = 1;
             m.t.dp_noise_multiplier = 1.5f;
             m.t.secagg_quant_bits = -7;
+        } else if (variant == 4) {
+            m.t.action = FS_TASK_TRAIN;
+            m.t.round = 3;
+            m.t.local_epochs = 1;
+            m.t.lr = 1e-3f;
+            m.t.num_params = 1000;
+            m.t.encrypted = 1;
+            m.t.secagg_attempt = 5;
+            m.t.secagg_index = 1;
+            m.t.secagg_sites = 2;
+            m.t.secagg_threshold = 2;
+            for (int i = 0; i < 32; i++) m.t.secagg_round_seed[i] = (uint8_t)(5 * i + 3);
+            m.t.secagg_clip = 10;
+            m.t.secagg_weight_cap = 1;
+            m.t.dp_distributed = 1;
+            m.t.dp_noise_multiplier = 0.8f;
+            m.t.secagg_quant_bits = 24;
         } else {
             m.t.action = variant == 1 ? FS_TASK_WAIT : FS_TASK_FINISHED;
             m.t.retry_after_ms = 250;
@@ -284,6 +301,10 @@ static any_msg valid(msg_kind k, int variant)
             h->global_dice_et = 1.0f;
             h->train_seconds = 12.5;
             h->crc32 = 0xdeadbeefu;
+            if (variant == 3) {
+                h->encrypted = 1;
+                h->secagg_attempt = 77;
+            }
         }
         m.uc.offset = variant == 2 ? FS_WIRE_MAX_PARAMS - 8 : 0;
         m.uc.len = variant == 1 ? 0 : 32;
@@ -293,7 +314,7 @@ static any_msg valid(msg_kind k, int variant)
         m.sq.protocol_version = FS_PROTOCOL_VERSION;
         m.sq.round = 9;
         m.sq.attempt = variant ? UINT32_MAX : 0;
-        m.sq.stage = variant ? FS_SA_UNMASK : FS_SA_GET_KEYS;
+        m.sq.stage = variant == 2 ? FS_HE_PARTIALS : variant ? FS_SA_UNMASK : FS_SA_GET_KEYS;
         m.sq.payload = variant ? (const uint8_t *)payload : NULL;
         m.sq.len = variant ? 1000 : 0;
         break;
@@ -313,7 +334,7 @@ static any_msg valid(msg_kind k, int variant)
     return m;
 }
 
-static const int n_variants[M_N] = {2, 2, 2, 4, 1, 2, 3, 2, 2, 3};
+static const int n_variants[M_N] = {2, 2, 2, 5, 1, 2, 4, 2, 3, 3};
 
 static void test_round_trips(void)
 {
@@ -422,12 +443,21 @@ static void test_refusals(void)
     REFUSE(M_TASK, 3, m.t.secagg_clip = 0, "secagg_clip");
     REFUSE(M_TASK, 3, m.t.secagg_clip = NAN, "secagg_clip");
     REFUSE(M_TASK, 3, m.t.secagg_weight_cap = 0, "secagg_weight_cap");
-    REFUSE(M_TASK, 0, m.t.secagg_threshold = 3, "secure_agg is false");
+    REFUSE(M_TASK, 0, m.t.secagg_threshold = 3, "secure_agg and encrypted are false");
     REFUSE(M_TASK, 3, m.t.dp_noise_multiplier = 0, "dp_noise_multiplier");
     REFUSE(M_TASK, 3, m.t.secagg_quant_bits = 61, "secagg_quant_bits");
     REFUSE(M_TASK, 3, m.t.dp_distributed = 0, "dp_distributed is false");
     REFUSE(M_SA_REQ, 0, m.sq.round = 0, "round");
-    REFUSE(M_SA_REQ, 0, m.sq.stage = (fs_secagg_stage)6, "stage");
+    REFUSE(M_SA_REQ, 0, m.sq.stage = (fs_secagg_stage)12, "stage");
+    REFUSE(M_TASK, 4, m.t.secagg_sites = 1, "secagg_sites");
+    REFUSE(M_TASK, 4, m.t.secagg_threshold = 3, "secagg_threshold");
+    REFUSE(M_TASK, 4, m.t.secure_agg = 1, "encrypted with secure_agg");
+    REFUSE(M_TASK, 4, m.t.secagg_neighbours = 1, "encrypted with secure_agg or neighbour");
+    REFUSE(M_TASK, 4, m.t.secagg_quant_bits = 25, "secagg_quant_bits");
+    REFUSE(M_TASK, 4, m.t.secagg_quant_bits = -1, "secagg_quant_bits");
+    REFUSE(M_TASK, 4, m.t.dp_noise_multiplier = 0, "dp_noise_multiplier");
+    REFUSE(M_TASK, 4, m.t.dp_distributed = 0, "dp_distributed is false");
+    REFUSE(M_UPDATE_CHUNK, 3, m.uc.header.masked = 1, "both masked and encrypted");
     m = valid(M_SA_REQ, 1);
     m.sq.protocol_version = 2;
     expect_refused(M_SA_REQ, &m, FS_ERR_MISMATCH, "protocol version 2, this fedseg speaks 1", "SecAgg version");
