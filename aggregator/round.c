@@ -63,6 +63,7 @@ typedef struct {
     float loss, dice[3];
     double train_s, upload_s;
     uint64_t bytes_recv, bytes_sent;
+    int unclipped;            /* central DP: its update's norm was within the clip */
     long sa_index;            /* index in the secure-aggregation attempt, -1 = none */
 } fs_site;
 
@@ -117,6 +118,9 @@ struct fs_round {
     int dp_f;                 /* its fixed-point exponent (fs_dp_ddg_quant_bits)     */
     uint32_t sa_last_masked;  /* masked inputs in the attempt that closed the round  */
     fs_dp_accountant dpa;     /* its ledger over the completed rounds */
+    double dp_clip_cur;       /* central DP: the clip of the open round (float-exact) */
+    double dp_sum_sigma;      /* the noise multiplier of the sum (σ, or σ_Δ when adaptive) */
+    fs_dp_adaptive dpad;      /* adaptive clipping (cfg.dp.adaptive)                */
     /* secure aggregation of the open round (cfg.secure_agg) */
     fs_secagg_server *sa;     /* the attempt in progress (NULL = none)      */
     fs_secagg_params sap;     /* its public parameters                      */
@@ -649,6 +653,22 @@ static fs_status metrics_append(fs_round *a, uint32_t round, const char *json)
 }
 
 /* The metrics line of the current round, decided now (malloc'ed). */
+/* Adaptive clipping: the clip decided by a round's close record (its JSON's
+ * dp.next_clip) becomes the clip of the next round. */
+static void adopt_next_clip(fs_round *a, const char *json)
+{
+    if (!a->dp || !a->cfg.dp.adaptive || !json) return;
+    const char *p = strstr(json, "\"next_clip\":");
+    if (!p) return;
+    double v = strtod(p + 12, NULL);
+    if (!(v > 0) || !isfinite(v)) {
+        fs_log_error("round: a close record holds an invalid next clip; keeping %g", a->dp_clip_cur);
+        return;
+    }
+    a->dp_clip_cur = v;
+    a->dpad.clip = v;
+}
+
 static char *round_json(fs_round *a, double now, const char *closed_by)
 {
     sbuf b = {0};
@@ -703,9 +723,27 @@ static char *round_json(fs_round *a, double now, const char *closed_by)
         double eps = fs_dp_accountant_add_round(&next, shares) == FS_OK ? fs_dp_accountant_epsilon(&next)
                                                                          : NAN;
         sb_printf(&b, ",\"dp\":{\"clip\":");
-        sb_num(&b, a->cfg.dp.clip);
+        sb_num(&b, a->dp ? a->dp_clip_cur : a->cfg.dp.clip);
         sb_printf(&b, ",\"noise_multiplier\":");
         sb_num(&b, a->cfg.dp.noise_multiplier);
+        if (a->dp && a->cfg.dp.adaptive) {
+            /* Andrew et al.: the next clip from the noised count of updates
+             * that were within this one; decided here, once, with the close
+             * (a resumed close reuses this line, never a second draw) */
+            unsigned unclipped = 0;
+            for (size_t k = 0; k < a->n_accepted; k++) unclipped += a->sites[a->order[k]].unclipped != 0;
+            fs_dp_adaptive next_ad = a->dpad;
+            double next = fs_dp_adaptive_update(&next_ad, (double)unclipped, fs_dp_fresh_seed(),
+                                                a->completed + 1, a->P);
+            float fn = (float)next;
+            if ((double)fn > next) fn = nextafterf(fn, 0.0f);
+            sb_printf(&b, ",\"sum_noise_multiplier\":");
+            sb_num(&b, a->dp_sum_sigma);
+            sb_printf(&b, ",\"unclipped_fraction_noised\":");
+            sb_num(&b, next_ad.last_fraction);
+            sb_printf(&b, ",\"next_clip\":");
+            sb_num(&b, (double)fn);
+        }
         sb_printf(&b, ",\"delta\":");
         sb_num(&b, a->cfg.dp.delta);
         sb_printf(&b, ",\"epsilon\":");
@@ -795,7 +833,7 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
          * never stored: a restart before the checkpoint below draws another,
          * and only one noised model is ever published for a round. */
         uint64_t seed = fs_dp_fresh_seed();
-        st = fs_round_sum_privatise(&a->sum, a->cfg.dp.noise_multiplier * a->cfg.dp.clip, seed, r,
+        st = fs_round_sum_privatise(&a->sum, a->dp_sum_sigma * a->dp_clip_cur, seed, r,
                                     fs_dp_denominator(&a->cfg.dp));
         seed = 0;
         if (st != FS_OK) {
@@ -845,6 +883,7 @@ static fs_status close_round(fs_round *a, double now, const char *closed_by)
 
     memcpy(a->model, a->sum.sum, a->U * sizeof *a->model);
     a->completed = r;
+    adopt_next_clip(a, a->close_json);
     if ((a->dp || a->dp_dist) &&
         fs_dp_accountant_add_round(&a->dpa, a->dp_dist ? (int)a->sa_last_masked : 0) != FS_OK)
         fs_log_error("round %u: the privacy accountant refused the round", r);
@@ -1654,6 +1693,7 @@ static fs_status replay_record(void *ctx, char *payload, size_t line)
         char *rs = strtok_r(NULL, " ", &save), *json = save;
         uint64_t r;
         if (!parse_u64(rs, &r) || !json || json[0] != '{') goto bad;
+        if (r <= a->completed) adopt_next_clip(a, json); /* the clip after round r */
         if (r == cur) {
             free(a->close_json);
             a->close_json = strdup(json);
@@ -1700,7 +1740,9 @@ static fs_status replay_record(void *ctx, char *payload, size_t line)
     if (!strcmp(kind, "accept")) {
         uint64_t r, n, crc, bytes;
         double f[6];
-        if (nt != 11 || !parse_u64(tok[0], &r) || !parse_u64(tok[2], &n) || n == 0 ||
+        uint64_t unclipped = 0; /* a 12th field since adaptive clipping; absent before */
+        if ((nt != 11 && nt != 12) || (nt == 12 && !parse_u64(tok[11], &unclipped)) ||
+            !parse_u64(tok[0], &r) || !parse_u64(tok[2], &n) || n == 0 ||
             sscanf(tok[3], "%" SCNx64, &crc) != 1 || !parse_u64(tok[10], &bytes))
             goto bad;
         for (int k = 0; k < 6; k++)
@@ -1720,6 +1762,7 @@ static fs_status replay_record(void *ctx, char *payload, size_t line)
         }
         s->submitted = 1;
         s->n = n;
+        s->unclipped = unclipped != 0;
         s->crc = (uint32_t)crc;
         s->loss = (float)f[0];
         for (int k = 0; k < 3; k++) s->dice[k] = (float)f[1 + k];
@@ -2025,14 +2068,27 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
         float fc = (float)a->cfg.dp.clip;
         if ((double)fc > a->cfg.dp.clip) fc = nextafterf(fc, 0.0f);
         a->cfg.dp.clip = fc;
-        if (a->cfg.dp.adaptive) {
-            fs_log_error("round: adaptive clipping is not available in this aggregator; "
-                         "set a fixed dp clip");
-            goto fail;
-        }
         if (fs_dp_params_check(&a->cfg.dp) != FS_OK ||
             fs_dp_accountant_init(&a->dpa, &a->cfg.dp) != FS_OK)
             goto fail;
+        a->dp_clip_cur = a->cfg.dp.clip;
+        a->dp_sum_sigma = a->cfg.dp.noise_multiplier;
+        if (a->cfg.dp.adaptive) {
+            /* the noised count shares the budget: the sum gets σ_Δ so that
+             * the pair is as private as one Gaussian query with σ, which
+             * the accountant counts (Andrew et al. 2021, §3) */
+            double sb = fs_dp_count_stddev(&a->cfg.dp);
+            a->dp_sum_sigma = fs_dp_adaptive_sum_multiplier(a->cfg.dp.noise_multiplier, sb);
+            if (!isfinite(a->dp_sum_sigma)) {
+                fs_log_error("round: adaptive clipping: the count's noise %g must exceed half the "
+                             "noise multiplier %g (raise dp_count_stddev)", sb, a->cfg.dp.noise_multiplier);
+                goto fail;
+            }
+            fs_dp_adaptive_init(&a->dpad, &a->cfg.dp);
+            fs_log_info("differential privacy: adaptive clip from %g towards the %g quantile of the "
+                        "update norms; sum noise multiplier %.4g, count noise %.4g", a->dp_clip_cur,
+                        a->cfg.dp.target_quantile, a->dp_sum_sigma, sb);
+        }
         a->dp = 1;
     }
     st = FS_ERR_NOMEM;
@@ -2289,7 +2345,7 @@ fs_status fs_round_task(fs_round *a, const char *identity, double now, fs_wire_t
         task->steps_per_epoch = a->cfg.steps_per_epoch;
         task->lr = a->cfg.lr;
         task->prox_mu = a->cfg.prox_mu;
-        task->dp_clip = a->dp ? (float)a->cfg.dp.clip : 0.0f;
+        task->dp_clip = a->dp ? (float)a->dp_clip_cur : 0.0f;
         double left = ceil(a->deadline - now);
         task->seconds_left = left <= 0 ? 0 : left > 4e9 ? 4000000000u : (uint32_t)left;
         task->retry_after_ms = 0;
@@ -2536,12 +2592,12 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
                           u->hdr.crc32);
         goto out;
     }
-    if (a->dp && !(sqrt(u->sumsq) <= a->cfg.dp.clip)) {
+    if (a->dp && !(sqrt(u->sumsq) <= a->dp_clip_cur)) {
         /* WARNING: the noise is calibrated to this bound; an update above it
          * would be less private than the accountant reports. */
         st = chunk_refuse(a, u, FS_ERR_MISMATCH, why, whylen,
                           "the update's L2 norm %.6g exceeds the privacy clip %.6g (clip it as the "
-                          "task says)", sqrt(u->sumsq), a->cfg.dp.clip);
+                          "task says)", sqrt(u->sumsq), a->dp_clip_cur);
         goto out;
     }
     int err = fsync(u->fd) != 0 ? errno : 0;
@@ -2638,11 +2694,11 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
     double upload_s = now - u->t_begin;
     uint64_t bytes = (uint64_t)a->U * 4u;
     char rec[512];
-    snprintf(rec, sizeof rec, "accept %u %s %llu %08x %a %a %a %a %a %a %llu", u->round, s->name,
+    snprintf(rec, sizeof rec, "accept %u %s %llu %08x %a %a %a %a %a %a %llu %d", u->round, s->name,
              (unsigned long long)u->hdr.num_samples, u->crc, (double)u->hdr.train_loss,
              (double)u->hdr.global_dice_wt, (double)u->hdr.global_dice_tc,
              (double)u->hdr.global_dice_et, u->hdr.train_seconds, upload_s,
-             (unsigned long long)bytes);
+             (unsigned long long)bytes, u->hdr.dp_unclipped ? 1 : 0);
     if (fs_journal_append(&a->journal, rec) != FS_OK) {
         unlink(u->path);
         st = chunk_refuse(a, u, FS_ERR_IO, why, whylen, "the aggregator cannot record the update");
@@ -2653,6 +2709,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
     s->uploading = 0;
     s->submitted = 1;
     s->n = u->hdr.num_samples;
+    s->unclipped = u->hdr.dp_unclipped != 0;
     s->crc = u->crc;
     s->loss = u->hdr.train_loss;
     s->dice[0] = u->hdr.global_dice_wt;

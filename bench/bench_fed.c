@@ -280,7 +280,7 @@ static fs_status push(site_io *s, uint32_t round, uint64_t samples, fs_call_resu
     s->off = 0;
     s->sent_header = 0;
     s->hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, round, s->P, samples, 0.5f, NAN, NAN, NAN,
-                                     0.0, fs_wire_crc32_f32(0, s->delta, s->P), 0, 0, 0};
+                                     0.0, fs_wire_crc32_f32(0, s->delta, s->P), 0, 0, 0, 0};
     uint8_t *out = NULL;
     size_t olen = 0;
     fs_status st = fs_tclient_upload(s->c, fs_federation_methods[FS_M_PUSH_UPDATE].path, up_next, s,
@@ -818,7 +818,7 @@ static void sa_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples
     io.sent_header = 0;
     io.hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, (uint32_t)r, io.P, 1, 0.5f, NAN, NAN, NAN, 0.0,
                                      fs_wire_crc32_bytes(0, (const uint8_t *)s->q, io.P * 4), 1,
-                                     t->secagg_attempt, 0};
+                                     t->secagg_attempt, 0, 0};
     uint8_t *ack = NULL;
     size_t al = 0;
     st = fs_tclient_upload(io.c, fs_federation_methods[FS_M_PUSH_UPDATE].path, up_next, &io, &ack, &al,

@@ -41,7 +41,8 @@ static const char *const agg_keys[] = {
     "listen", "ca", "cert", "key", "sites", "rounds", "min_sites", "fraction", "round_deadline_s",
     "join_wait_s", "site_timeout_s", "local_epochs", "steps_per_epoch", "model", "lr", "prox_mu",
     "state_dir", "metrics", "seed", "init", "device", "linger_s", "poll_ms", "port_file",
-    "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "secure_agg",
+    "dp", "dp_clip", "dp_noise_multiplier", "dp_delta", "dp_epsilon", "dp_adaptive",
+    "dp_target_quantile", "dp_clip_lr", "dp_count_stddev", "secure_agg",
     "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_weight_cap", "secagg_stage_s",
     "algorithm", "server_lr", "server_momentum", "server_beta1", "server_beta2", "server_tau",
     "aggregation", "trim_fraction", "encrypted", "he_threshold", "he_clip", NULL};
@@ -103,6 +104,13 @@ static void agg_help(FILE *f)
         "  dp_delta = D               the delta of the reported (epsilon, delta) (default 1e-5)\n"
         "  dp_epsilon = E             privacy budget: a round that would take epsilon past E is not\n"
         "                             run, the federation finishes (default 0 = report only)\n"
+        "  dp_adaptive = true|false   central DP: adapt the clip each round towards a quantile of\n"
+        "                             the sites' update norms (Andrew et al. 2021; dp_clip is the\n"
+        "                             first round's clip) (default false)\n"
+        "  dp_target_quantile = G     share of updates to leave unclipped (default 0.5)\n"
+        "  dp_clip_lr = ETA           geometric learning rate of the clip (default 0.2)\n"
+        "  dp_count_stddev = S        noise on the count of unclipped updates; must exceed half\n"
+        "                             the noise multiplier (default 0 = max(sites/20, multiplier))\n"
         "  secure_agg = true|false    secure aggregation (docs/security.md): the aggregator sees only\n"
         "                             masked updates and learns their sum; needs min_sites >= 3\n"
         "                             (default false)\n"
@@ -439,6 +447,11 @@ int fs_cmd_aggregator(int argc, char **argv)
                             &dp.noise_multiplier) != FS_OK ||
         fs_config_get_float(l.cfg, "dp_delta", dp.delta, 1e-300, 0.999999, &dp.delta) != FS_OK ||
         fs_config_get_float(l.cfg, "dp_epsilon", 0, 0, 1e6, &dp.epsilon_budget) != FS_OK ||
+        fs_config_get_bool(l.cfg, "dp_adaptive", 0, &dp.adaptive) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_target_quantile", dp.target_quantile, 1e-6, 0.999999,
+                            &dp.target_quantile) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_clip_lr", dp.clip_lr, 1e-6, 10, &dp.clip_lr) != FS_OK ||
+        fs_config_get_float(l.cfg, "dp_count_stddev", 0, 0, 1e9, &dp.count_stddev) != FS_OK ||
         fs_config_get_bool(l.cfg, "secure_agg", 0, &secure_agg) != FS_OK ||
         fs_config_get_int(l.cfg, "secagg_threshold", 0, 0, 255, &sa_t) != FS_OK ||
         fs_config_get_int(l.cfg, "secagg_neighbours", 0, 0, 254, &sa_k) != FS_OK ||

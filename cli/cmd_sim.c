@@ -76,7 +76,7 @@ typedef struct {
     double dp_clip, dp_noise, dp_epsilon, dp_delta; /* dp_clip > 0: DP on */
     int dp_noise_given;
     int secure_agg, sa_threshold, sa_neighbours, drop, drop_round;
-    int encrypted, he_threshold;
+    int encrypted, he_threshold, dp_adaptive;
     double sa_clip;
     const char *drop_stage;
     long long seed;
@@ -138,6 +138,8 @@ static void sim_help(FILE *f)
         "  --dp-epsilon E       privacy budget at --dp-delta; without --dp-noise the smallest Z\n"
         "                       that keeps all R rounds within E is computed\n"
         "  --dp-delta D         delta of the reported (epsilon, delta) (default 1e-5)\n"
+        "  --dp-adaptive        central DP: adapt the clip each round towards the median update\n"
+        "                       norm (Andrew et al.; --dp-clip is the first round's clip)\n"
         "  --secure-agg         secure aggregation: the aggregator sees only masked updates and\n"
         "                       learns their sum (docs/security.md); needs 3 or more sites\n"
         "  --secagg-threshold T sites needed to unmask (default floor(2n/3)+1, at most n-1)\n"
@@ -198,7 +200,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         {"secagg-neighbours", required_argument, 0, 1003}, {"drop", required_argument, 0, 1004},
         {"drop-stage", required_argument, 0, 1005}, {"drop-round", required_argument, 0, 1006},
         {"secagg-clip", required_argument, 0, 1007}, {"encrypted", no_argument, 0, 1008},
-        {"he-threshold", required_argument, 0, 1009},
+        {"he-threshold", required_argument, 0, 1009}, {"dp-adaptive", no_argument, 0, 1010},
         {"algorithm", required_argument, 0, 'A'}, {"mu", required_argument, 0, 'u'},
         {"server-lr", required_argument, 0, 'L'}, {"aggregation", required_argument, 0, 'g'},
         {"trim", required_argument, 0, 'T'}, {"fraction", required_argument, 0, 'F'},
@@ -249,6 +251,7 @@ static int parse_args(int argc, char **argv, sim_opts *o)
         case 1006: ok = fs_arg_ll(optarg, 1, 100000, &v); o->drop_round = (int)v; break;
         case 1007: ok = fs_arg_double(optarg, 1e-9, 1e6, &o->sa_clip); break;
         case 1008: o->encrypted = 1; break;
+        case 1010: o->dp_adaptive = 1; break;
         case 1009: ok = fs_arg_ll(optarg, 2, 255, &v); o->he_threshold = (int)v; break;
         case 1005:
             o->drop_stage = optarg;
@@ -293,6 +296,11 @@ static int parse_args(int argc, char **argv, sim_opts *o)
     if (o->drop && !o->secure_agg && !o->encrypted) {
         fprintf(stderr, "fedseg sim: --drop shows the recovery of secure or encrypted aggregation: it needs "
                         "--secure-agg or --encrypted\n");
+        return 2;
+    }
+    if (o->dp_adaptive && (!o->dp_clip || o->secure_agg || o->encrypted)) {
+        fprintf(stderr, "fedseg sim: --dp-adaptive adapts the clip of central DP: it needs --dp-clip and "
+                        "neither --secure-agg nor --encrypted\n");
         return 2;
     }
     if (o->encrypted && o->secure_agg) {
@@ -485,9 +493,10 @@ static fs_status write_agg_config(sim *s)
                         "dp_clip = %.9g\n"
                         "dp_noise_multiplier = %.9g\n"
                         "dp_delta = %.9g\n"
-                        "dp_epsilon = %.9g\n",
+                        "dp_epsilon = %.9g\n"
+                        "dp_adaptive = %s\n",
                         o->secure_agg || o->encrypted ? "distributed" : "central", o->dp_clip, o->dp_noise, o->dp_delta,
-                        o->dp_epsilon);
+                        o->dp_epsilon, o->dp_adaptive ? "true" : "false");
     if (len > 0 && len < (int)sizeof text && o->secure_agg) {
         len += snprintf(text + len, sizeof text - (size_t)len,
                         "# secure aggregation (--secure-agg)\n"

@@ -694,6 +694,7 @@ fs_status fs_wire_encode_update_chunk(const fs_wire_update_chunk *m, uint8_t **o
         ph.masked = h->masked ? 1 : 0;
         ph.secagg_attempt = h->secagg_attempt;
         ph.encrypted = h->encrypted ? 1 : 0;
+        ph.dp_unclipped = h->dp_unclipped ? 1 : 0;
         pm.header = &ph;
     }
     pm.offset = m->offset;
@@ -723,6 +724,7 @@ static fs_status decode_update_header(const uint8_t *b, size_t n, fs_wire_update
     h->masked = get_u64(&r, "masked") != 0;
     h->secagg_attempt = get_u32(&r, "secagg_attempt");
     h->encrypted = get_u64(&r, "encrypted") != 0;
+    h->dp_unclipped = get_u64(&r, "dp_unclipped") != 0;
     if (h->masked && h->encrypted) {
         say(why, whylen, "%s: both masked and encrypted", msg);
         return FS_ERR_FORMAT;

@@ -182,6 +182,7 @@ typedef struct {
     uint32_t secagg_attempt;
     int encrypted;                     /* encrypted aggregation: ciphertext objects,
                                           num_params = their bytes / 4           */
+    int dp_unclipped;                  /* central DP: norm ≤ dp_clip before clipping */
 } fs_wire_update_header;
 
 typedef struct {

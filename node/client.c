@@ -937,10 +937,10 @@ static fs_status train_round(node *n, const fs_wire_task *t)
         uint64_t recv = 0;
         fs_status st = local_train(n, t, &loss, dice, &ts, &recv);
         if (st != FS_OK || *n->stop) return st;
+        double norm = 0;
         if (t->dp_clip > 0) {
             /* WARNING: differential privacy rests on this bound: no site's
              * update may weigh more than dp_clip in the aggregator's sum. */
-            double norm = 0;
             fs_status cs = fs_dp_clip_l2(n->delta, n->P, (double)t->dp_clip, &norm);
             if (cs != FS_OK) {
                 snprintf(n->why, sizeof n->why, "cannot clip the update of round %u: %s", r,
@@ -963,6 +963,8 @@ static fs_status train_round(node *n, const fs_wire_task *t)
         h->global_dice_et = (float)dice[2];
         h->train_seconds = ts;
         h->crc32 = fs_wire_crc32_f32(0, n->delta, n->U);
+        /* adaptive clipping's bit (the aggregator noises the count) */
+        h->dp_unclipped = t->dp_clip > 0 && norm <= (double)t->dp_clip;
         n->pending = 1;
         n->pend_model_crc = t->model_crc32;
         n->pend_t0 = t0;

@@ -299,7 +299,7 @@ static void *site_main(void *arg)
         crc = fs_wire_crc32_f32(crc, s->buf, n);
     }
     s->hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, 1, P_BIG, site_samples[s->idx], 0.5f,
-                                     NAN, NAN, NAN, 1.0, crc, 0, 0, 0};
+                                     NAN, NAN, NAN, 1.0, crc, 0, 0, 0, 0};
     double t0 = now_s();
     out = NULL;
     olen = 0;

@@ -290,7 +290,7 @@ static fs_status push(fs_tclient *c, uint32_t round, uint64_t samples, const flo
 {
     up s = {delta, P, 0, {0}, mode, 0, 0};
     s.hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, round, P, samples, 0.5f, 0.25f, NAN, NAN,
-                                    1.0, fs_wire_crc32_f32(0, delta, P), 0, 0, 0};
+                                    1.0, fs_wire_crc32_f32(0, delta, P), 0, 0, 0, 0};
     if (mode == UP_BADCRC) s.hdr.crc32 ^= 1;
     uint8_t *out = NULL;
     size_t olen = 0;

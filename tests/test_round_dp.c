@@ -16,6 +16,15 @@
  *               after 1 and 2 rounds; with a budget between ε(2) and ε(3)
  *               the federation finishes after round 2 (of 5) and stays
  *               finished when reopened from its folder
+ *   adaptive    adaptive clipping (Andrew et al.): three sites whose update
+ *               norms are 0.5, 1 and 2 times 0.8, initial clip 4, target
+ *               quantile 0.5; each round's Task.dp_clip equals the clip in
+ *               its metrics line, each next clip equals
+ *               C·exp(−η(b̄ − γ)) of the published noised fraction b̄, the
+ *               clip falls from 4 towards the median (below 2.6 after 6
+ *               rounds), an update above the current clip is refused, and
+ *               the aggregator reopened from its folder continues from the
+ *               last decided clip
  */
 #include "check.h"
 #include "round_fixture.h"
@@ -79,6 +88,8 @@ static void join_all(fs_round *a, double now)
     }
 }
 
+static int g_unclipped; /* the adaptive-clipping bit push() reports */
+
 /* Streams d in chunks of 333 parameters; *why gets the refusal reason. */
 static fs_status push(fs_round *a, int site, uint32_t round, const float *d, size_t P, double now,
                       char *why, size_t whylen)
@@ -92,6 +103,7 @@ static fs_status push(fs_round *a, int site, uint32_t round, const float *d, siz
     h.train_loss = 0.5f;
     h.global_dice_wt = h.global_dice_tc = h.global_dice_et = NAN;
     h.crc32 = fs_wire_crc32_f32(0, d, P);
+    h.dp_unclipped = g_unclipped;
     fs_round_upload *u;
     why[0] = 0;
     fs_status st = fs_round_update_begin(a, SITES[site], &h, now, &u, why, whylen);
@@ -291,10 +303,106 @@ static void test_noise_and_ledger(void)
     free(n1);
 }
 
+/* dp.<key> of every metrics line, in order; returns how many. */
+static int read_dp_field(const char *path, const char *key, double *v, int max)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[1 << 14], pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    int n = 0;
+    while (n < max && fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"dp\":{");
+        p = p ? strstr(p, pat) : NULL;
+        if (p) v[n++] = strtod(p + strlen(pat), NULL);
+    }
+    fclose(f);
+    return n;
+}
+
+static void test_adaptive(void)
+{
+    char dir[] = "round_dp_adaptive_XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); exit(1); }
+    enum { P = 2000, R = 6 };
+    static float w0[P], d[P];
+    fs_round_config c = make_cfg(dir, R + 2, 1.0, 0);
+    c.dp.clip = 4.0;
+    c.dp.adaptive = 1;
+    c.dp.target_quantile = 0.5;
+    c.dp.clip_lr = 0.2;
+    fs_round *a = open_round(&c, w0, P, 0);
+    join_all(a, 0);
+    double now = 6, task_clip[R + 1];
+    const double norms[3] = {0.4, 0.8, 1.6};
+    char why[256];
+    for (int r = 1; r <= R; r++) {
+        for (int s = 0; s < 3; s++) {
+            fs_wire_task t;
+            CHECK(fs_round_task(a, SITES[s], now, &t, why, sizeof why) == FS_OK && t.action == FS_TASK_TRAIN,
+                  "round %d: %s trains", r, SITES[s]);
+            if (s == 0) task_clip[r] = t.dp_clip;
+            CHECK(t.dp_clip == (float)task_clip[r], "round %d: every site gets the same clip", r);
+            random_delta(d, P, 100 * (uint64_t)r + (uint64_t)s, 1.0);
+            double norm = fs_dp_l2_norm(d, P);
+            for (size_t i = 0; i < P; i++) d[i] = (float)(d[i] * norms[s] / norm);
+            if (r == R && s == 2) {
+                /* an update of norm 1.01·C (< the initial clip 4) is refused */
+                static float big[P];
+                for (size_t i = 0; i < P; i++) big[i] = (float)(d[i] / norms[s] * 1.01 * t.dp_clip);
+                g_unclipped = 0;
+                CHECK(t.dp_clip < 3.9 && push(a, s, (uint32_t)r, big, P, now, why, sizeof why) == FS_ERR_MISMATCH &&
+                          strstr(why, "exceeds the privacy clip"),
+                      "an update above the current clip %g is refused: %s", t.dp_clip, why);
+            }
+            double n0 = 0;
+            CHECK(fs_dp_clip_l2(d, P, t.dp_clip, &n0) == FS_OK, "clip");
+            g_unclipped = n0 <= t.dp_clip;
+            CHECK(push(a, s, (uint32_t)r, d, P, now, why, sizeof why) == FS_OK, "round %d: %s accepted (%s)", r,
+                  SITES[s], why);
+        }
+        fs_round_view v;
+        fs_round_view_get(a, &v);
+        CHECK(v.completed == (uint32_t)r, "round %d closed (%u)", r, v.completed);
+        now += 1;
+    }
+    char path[300];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    double clip[R], next[R], frac[R];
+    CHECK(read_dp_field(path, "clip", clip, R) == R && read_dp_field(path, "next_clip", next, R) == R &&
+              read_dp_field(path, "unclipped_fraction_noised", frac, R) == R,
+          "every metrics line has clip, next_clip and the noised fraction");
+    for (int r = 1; r <= R; r++) {
+        CHECK(fabs(clip[r - 1] - task_clip[r]) <= 1e-6 * task_clip[r], "round %d: metrics clip %g = task clip %g",
+              r, clip[r - 1], task_clip[r]);
+        double want = clip[r - 1] * exp(-0.2 * (frac[r - 1] - 0.5));
+        CHECK(fabs(next[r - 1] - want) <= 1e-6 * want, "round %d: next clip %g = C·exp(−η(b̄ − γ)) = %g", r,
+              next[r - 1], want);
+        if (r < R)
+            CHECK(fabs(next[r - 1] - clip[r]) <= 1e-6 * clip[r], "round %d's next clip is round %d's clip", r,
+                  r + 1);
+    }
+    CHECK(next[R - 1] < 2.6, "the clip falls from 4 towards the median norm (after %d rounds: %g)", R,
+          next[R - 1]);
+    fs_round_free(a);
+    /* reopened: round R + 1 uses the clip decided by round R's close */
+    a = open_round(&c, w0, P, now);
+    join_all(a, now);
+    now += 6;
+    fs_round_tick(a, now);
+    fs_wire_task t;
+    CHECK(fs_round_task(a, SITES[0], now, &t, why, sizeof why) == FS_OK && t.action == FS_TASK_TRAIN &&
+              fabs(t.dp_clip - next[R - 1]) <= 1e-6 * next[R - 1],
+          "after a restart the clip continues from %g (task: %g)", next[R - 1], t.dp_clip);
+    fs_round_free(a);
+    rm_rf(dir);
+}
+
 int main(void)
 {
     fs_log_set_level(FS_LOG_ERROR);
     test_average();
     test_noise_and_ledger();
+    test_adaptive();
     return check_result();
 }

@@ -5,7 +5,11 @@
 # the noise multiplier was calibrated and printed; each metrics line carries
 # dp.epsilon, increasing, the last one <= 8; each node clipped its updates
 # (log lines); the aggregator's config has dp = central. Then bad usage:
-# --dp-noise without --dp-clip, --dp-clip alone. About 20 s.
+# --dp-noise without --dp-clip, --dp-clip alone. A second run with
+# --dp-adaptive --dp-clip 5 (far above these updates' norms): every metrics
+# line has next_clip, each round's clip is the previous round's next_clip,
+# the clip falls below 5, and the sites clip to the clip of each round's
+# task; --dp-adaptive with --secure-agg is bad usage. About 35 s.
 set -u
 . "$(dirname "$0")/fedtest.sh"
 fedtest_begin sim_dp_work
@@ -22,11 +26,22 @@ check "epsilon increases and stays within 8" awk -v l="$(echo $eps)" 'BEGIN{n=sp
 for s in site_1 site_2; do
     check "$s clipped its updates" sh -c "[ \$(grep -c 'update L2 norm .* (differential privacy)' run/logs/$s.log) -ge 3 ]"
 done
+timeout 300 "$F" sim --sites 2 --rounds 3 --local-epochs 1 --steps 3 --batch 4 --cases-per-site 3,3 \
+    --voxel-scale 2 --device cpu --dp-clip 5 --dp-epsilon 8 --dp-adaptive --out run2 >out2.txt 2>err2.txt
+rc=$?
+check "fedseg sim --dp-adaptive exits 0 (got $rc)" [ $rc -eq 0 ]
+check "the aggregator runs dp_adaptive = true" grep -q '^dp_adaptive = true' run2/config/aggregator.conf
+clips=$(grep -o '"dp":{[^}]*}' run2/metrics.jsonl | sed 's/.*"clip":\([0-9.eE+-]*\),.*"next_clip":\([0-9.eE+-]*\).*/\1 \2/')
+check "each round's clip is the previous next_clip, falling below 5 ($(echo $clips | tr '\n' ' '))" awk -v l="$(echo $clips)" 'BEGIN{n=split(l,e," "); if (n!=6) exit 1; if (e[1]!=5) exit 1; for(i=3;i<=n;i+=2) if (e[i]!=e[i-1]) exit 1; if (e[6]>=5) exit 1}'
+last=$(echo $clips | awk '{print $5}')
+check "site_1 clipped round 3 to that round's clip $last" sh -c "grep 'round 3: update L2 norm' run2/logs/site_1.log | grep -q ' $(printf %.4g $last) (differential privacy)'"
+"$F" sim --dp-clip 1 --dp-noise 1 --dp-adaptive --secure-agg >/dev/null 2>&1; rc=$?
+check "--dp-adaptive with --secure-agg is bad usage (got $rc)" [ $rc -eq 2 ]
 "$F" sim --dp-noise 1 >/dev/null 2>&1; rc=$?
 check "--dp-noise without --dp-clip is bad usage (got $rc)" [ $rc -eq 2 ]
 "$F" sim --dp-clip 1 >/dev/null 2>&1; rc=$?
 check "--dp-clip alone is bad usage (got $rc)" [ $rc -eq 2 ]
 if [ $fail -ne 0 ]; then
-    for f in out.txt err.txt run/logs/aggregator.log; do echo "--- $f"; cat $f; done
+    for f in out.txt err.txt run/logs/aggregator.log out2.txt run2/logs/aggregator.log run2/metrics.jsonl; do echo "--- $f"; cat $f; done
 fi
 exit $fail

@@ -305,6 +305,7 @@ static any_msg valid(msg_kind k, int variant)
                 h->encrypted = 1;
                 h->secagg_attempt = 77;
             }
+            h->dp_unclipped = variant == 0;
         }
         m.uc.offset = variant == 2 ? FS_WIRE_MAX_PARAMS - 8 : 0;
         m.uc.len = variant == 1 ? 0 : 32;
