@@ -49,6 +49,7 @@
 #include "common/log.h"
 #include "common/provision.h"
 #include "common/secagg.h"
+#include "common/he_proto.h"
 #include "common/transport.h"
 #include "common/wire.h"
 
@@ -667,13 +668,14 @@ typedef struct {
     float *d;                          /* the site's fixed change      */
     float *delta;                      /* computed per round           */
     uint32_t *q;                       /* --secure: the masked vector  */
-    int secure, drop;                  /* --secure; drop: this site drops out */
+    int secure, drop;                  /* 1 --secure, 2 --encrypted; drop: this site drops out */
     double t_task[256], t_dl[256], t_first[256], t_ack[256];
     int err;
     char why[400];
 } fed_site;
 
 static void sa_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples, int drop);
+static void he_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples, int drop);
 
 static void fed_fail(fed_site *s, const char *what, fs_status st, const fs_call_result *r)
 {
@@ -707,7 +709,8 @@ static void *fed_thread(void *arg)
         }
         s->t_task[r - 1] = now_s();
         if (s->secure) {
-            if (!s->err) sa_round(s, &t, r, samples, s->drop && r == 1);
+            if (!s->err && s->secure == 2) he_round(s, &t, r, samples, s->drop && r == 1);
+            else if (!s->err) sa_round(s, &t, r, samples, s->drop && r == 1);
             if (s->drop && r == 1) s->t_ack[0] = s->t_first[0] = 0;
             if (s->err) break;
             continue;
@@ -729,9 +732,10 @@ static void *fed_thread(void *arg)
 /* ---- fed --secure: a site's part in secure aggregation ------------------------ */
 
 /* One SecAgg call, asked again while told WAIT; 0 with an OK reply (payload
- * copied into *out when wanted), -1 otherwise. */
-static int sa_step(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, const uint8_t *pl,
-                   size_t len, uint8_t **out, size_t *olen)
+ * copied into *out when wanted), 1 with ABANDONED when `over_ok` (the end of
+ * an encrypted round's decryption), -1 otherwise. */
+static int sa_step_x(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, const uint8_t *pl,
+                     size_t len, uint8_t **out, size_t *olen, int over_ok)
 {
     fs_wire_secagg_request rq = {FS_PROTOCOL_VERSION, t->round, t->secagg_attempt, stage, pl, len};
     uint8_t *msg;
@@ -746,6 +750,11 @@ static int sa_step(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, co
                                         &rlen, UNARY_MS, &res);
         fs_wire_secagg_reply rep;
         if (st == FS_OK && fs_wire_decode_secagg_reply(raw, rlen, &rep, NULL, 0) != FS_OK) st = FS_ERR_FORMAT;
+        if (st == FS_OK && rep.status == FS_SA_ABANDONED && over_ok) {
+            free(raw);
+            rc = 1;
+            break;
+        }
         if (st != FS_OK || rep.status == FS_SA_ABANDONED) {
             fed_fail(s, "SecAgg", st != FS_OK ? st : FS_ERR_MISMATCH, st != FS_OK ? &res : NULL);
             free(raw);
@@ -766,6 +775,12 @@ static int sa_step(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, co
     }
     free(msg);
     return rc;
+}
+
+static int sa_step(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, const uint8_t *pl,
+                   size_t len, uint8_t **out, size_t *olen)
+{
+    return sa_step_x(s, t, stage, pl, len, out, olen, 0);
 }
 
 /* The secure round r of site s (task t): stages, download, masked push,
@@ -839,6 +854,116 @@ out:
     fs_secagg_site_free(sa);
 }
 
+/* ---- fed --encrypted: a site's part in encrypted aggregation ------------------- */
+
+static int he_step_at(fed_site *s, const fs_wire_task *t, fs_secagg_stage stage, uint32_t start,
+                      uint8_t **out, size_t *olen, int over_ok)
+{
+    uint8_t b[4] = {(uint8_t)start, (uint8_t)(start >> 8), (uint8_t)(start >> 16), (uint8_t)(start >> 24)};
+    return sa_step_x(s, t, stage, b, 4, out, olen, over_ok);
+}
+
+/* The encrypted round r of site s (task t): keys, key shares, download,
+ * encrypted push, partial decryptions while asked; with drop the site
+ * leaves after its key shares. */
+static void he_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples, int drop)
+{
+    fs_call_result res = {0};
+    fs_he_params p;
+    memset(&p, 0, sizeof p);
+    p.round = t->round;
+    p.attempt = t->secagg_attempt;
+    p.n_sites = t->secagg_sites;
+    p.threshold = t->secagg_threshold;
+    memcpy(p.crs_seed, t->secagg_round_seed, 32);
+    p.n_values = s->io.P;
+    p.qz.clip = (float)t->secagg_clip;
+    p.qz.frac_bits = (unsigned)t->secagg_quant_bits;
+    fs_he_site *hs = NULL;
+    uint8_t *m = NULL, *in = NULL, **parts = NULL, *cts = NULL;
+    size_t ml = 0, il = 0, *lens = NULL, np = 0;
+    int64_t *q = NULL;
+    if (fs_he_site_new(&p, t->secagg_index + 1, &hs) != FS_OK || fs_he_site_keys(hs, &m, &ml) != FS_OK) {
+        fed_fail(s, "encrypted aggregation set-up", FS_ERR_ARG, NULL);
+        goto out;
+    }
+    if (sa_step(s, t, FS_HE_KEYS, m, ml, NULL, NULL)) goto out;
+    free(m), m = NULL;
+    if (sa_step(s, t, FS_HE_GET_BCAST, NULL, 0, &in, &il) ||
+        fs_he_site_shares(hs, in, il, &parts, &lens, &np) != FS_OK)
+        goto out;
+    free(in), in = NULL;
+    for (size_t i = 0; i < np; i++)
+        if (sa_step(s, t, FS_HE_SHARES, parts[i], lens[i], NULL, NULL)) goto out;
+    for (uint32_t start = 1; start;) {
+        if (he_step_at(s, t, FS_HE_GET_RELAY, start, &in, &il, 0) ||
+            fs_he_site_recv_relay(hs, in, il, &start) != FS_OK)
+            goto out;
+        free(in), in = NULL;
+    }
+    fs_status st = download(&s->io, (uint32_t)r, &res);
+    s->t_dl[r - 1] = now_s();
+    if (st != FS_OK) {
+        fed_fail(s, "DownloadModel", st, &res);
+        goto out;
+    }
+    if (drop) goto out; /* gone before its encrypted upload */
+    for (size_t i = 0; i < s->io.P; i++) s->delta[i] = (s->io.w[i] + s->d[i]) - s->io.w[i];
+    const size_t nct = fs_he_params_nct(&p), ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
+    q = malloc(nct * FS_HE_N * sizeof *q);
+    cts = malloc(nct * ob);
+    uint64_t cap = t->secagg_weight_cap, w = samples < cap ? samples : cap;
+    st = q && cts ? fs_he_quantise(&p.qz, s->delta, s->io.P, (float)((double)w / (double)cap),
+                                   (uint64_t)s->io.idx * 7919 + (uint64_t)r, q)
+                  : FS_ERR_NOMEM;
+    for (uint32_t j = 0; j < nct && st == FS_OK; j++) st = fs_he_site_encrypt_ct(hs, q, s->io.P + 1, j, cts + j * ob, ob);
+    if (st != FS_OK) {
+        fed_fail(s, "encryption", st, NULL);
+        goto out;
+    }
+    if (s->barrier) pthread_barrier_wait(s->bar);
+    site_io io = s->io;
+    io.delta = (const float *)(const void *)cts;
+    io.P = nct * ob / 4;
+    io.off = 0;
+    io.sent_header = 0;
+    io.hdr = (fs_wire_update_header){FS_PROTOCOL_VERSION, (uint32_t)r, io.P, 1, 0.5f, NAN, NAN, NAN, 0.0,
+                                     fs_wire_crc32_bytes(0, cts, nct * ob), 0, t->secagg_attempt, 1, 0};
+    uint8_t *ack = NULL;
+    size_t al = 0;
+    st = fs_tclient_upload(io.c, fs_federation_methods[FS_M_PUSH_UPDATE].path, up_next, &io, &ack, &al,
+                           STREAM_MS, &res);
+    free(ack);
+    s->t_first[r - 1] = io.t_first;
+    if (st != FS_OK) {
+        fed_fail(s, "PushUpdate (encrypted)", st, &res);
+        goto out;
+    }
+    s->t_ack[r - 1] = now_s();
+    free(cts), cts = NULL;
+    for (uint32_t start = 0;;) {
+        int rc = he_step_at(s, t, FS_HE_GET_DECRYPT, start, &in, &il, 1);
+        if (rc) break; /* 1: the round is over (decrypted); -1: failed */
+        uint32_t gen = 0, next = 0;
+        if (fs_he_site_partials(hs, in, il, &m, &ml, &gen, &next) != FS_OK) {
+            fed_fail(s, "partial decryption", FS_ERR_ARG, NULL);
+            break;
+        }
+        free(in), in = NULL;
+        if (sa_step(s, t, FS_HE_PARTIALS, m, ml, &in, &il)) break;
+        free(m), m = NULL;
+        start = il ? 0 : next;
+        free(in), in = NULL;
+    }
+out:
+    free(m);
+    free(in);
+    free(q);
+    free(cts);
+    fs_he_site_free_parts(parts, lens, np);
+    fs_he_site_free(hs);
+}
+
 static int read_port(const char *path, pid_t pid)
 {
     for (double t0 = now_s(); now_s() - t0 < 120;) {
@@ -892,7 +1017,8 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
                           "--port-file", portf, "--model", "ref", "--rounds", rs, "--min-sites", ms,
                           "--join-wait-s", drop ? "60" : "0", "--round-deadline-s", ds, "--linger-s", "3",
                           "--device", "cpu", "--poll-ms", ps, "--seed", "1",
-                          secure ? "--secure-agg" : NULL, "true", "--secagg-stage-s", ds,
+                          secure == 2 ? "--encrypted" : secure ? "--secure-agg" : NULL, "true",
+                          "--secagg-stage-s", ds,
                           neighbours ? "--secagg-neighbours" : NULL, ks, NULL};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -980,10 +1106,11 @@ static int mode_fed(const char *work, const char *fedseg, int nsites, int rounds
         ingest[r] = (double)(r == 0 && drop ? nsites - 1 : nsites) * (double)P * 4 / ingest_s[r] / 1e6;
     }
     if (!err) {
-        printf("{\"mode\":\"fed\",\"server\":\"fedseg aggregator (mTLS)\",\"secure_agg\":%d,"
+        printf("{\"mode\":\"fed\",\"server\":\"fedseg aggregator (mTLS)\",\"private\":\"%s\","
                "\"dropout_round1\":%d,\"neighbours\":%d,\"barrier\":%d,\"sites\":%d,"
                "\"params\":%zu,\"update_bytes\":%zu,\"rounds\":%d,\"poll_ms\":%d,\"deadline_s\":%g",
-               secure, drop, neighbours, barrier, nsites, P, P * 4, rounds, poll_ms, deadline);
+               secure == 2 ? "encrypted" : secure ? "secure_agg" : "plain", drop, neighbours, barrier, nsites, P,
+               P * 4, rounds, poll_ms, deadline);
         print_list("round_seconds", wall, rounds);
         print_list("aggregator_round_seconds", agg_wall, rounds);
         print_list("last_download_done_s", dl_s, rounds);
@@ -1015,7 +1142,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: bench_fed tcp    [--mib M] [--conns K] [--reps N]\n"
                "       bench_fed ingest [--tls 0|1] [--sink] [--sites S] [--params P] [--reps N] [--work DIR]\n"
                "       bench_fed fed    --fedseg PATH [--sites S] [--rounds R] [--poll-ms MS] "
-               "[--barrier] [--secure [--neighbours K]] [--drop] [--deadline S] [--work DIR]\n"
+               "[--barrier] [--secure [--neighbours K] | --encrypted] [--drop] [--deadline S] [--work DIR]\n"
                "Federation network benchmarks on 127.0.0.1 (see the top of bench/bench_fed.c).\n");
 }
 
@@ -1039,6 +1166,7 @@ int main(int argc, char **argv)
                   : !strcmp(a, "--deadline") ? &deadline : !strcmp(a, "--neighbours") ? &neighbours : NULL;
         if (!strcmp(a, "--barrier")) barrier = 1;
         else if (!strcmp(a, "--secure")) secure = 1;
+        else if (!strcmp(a, "--encrypted")) secure = 2;
         else if (!strcmp(a, "--drop")) drop = 1;
         else if (!strcmp(a, "--sink")) sink = 1;
         else if (!strcmp(a, "--work") && v) work = argv[++i];
