@@ -2622,7 +2622,11 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
          * verified, then added into the running ciphertext sum. */
         double up_s = now - u->t_begin;
         s->crc = u->crc;
+        struct timespec f0, f1;
+        clock_gettime(CLOCK_MONOTONIC, &f0);
         fs_status fst = he_fold_spool(a, u->site);
+        clock_gettime(CLOCK_MONOTONIC, &f1);
+        double fold_s = (double)(f1.tv_sec - f0.tv_sec) + 1e-9 * (double)(f1.tv_nsec - f0.tv_nsec);
         if (fst != FS_OK) {
             unlink_upload(a, u);
             s->uploading = 0;
@@ -2649,8 +2653,8 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
         s->upload_s = up_s;
         s->bytes_recv = (uint64_t)he_words(a) * 4u;
         a->order[a->n_accepted++] = u->site;
-        fs_log_info("site %s: encrypted update for round %u accepted (%llu bytes, %.1f s upload)", s->name,
-                    u->round, (unsigned long long)s->bytes_recv, up_s);
+        fs_log_info("site %s: encrypted update for round %u accepted (%llu bytes, %.1f s upload, %.2f s to "
+                    "verify and add)", s->name, u->round, (unsigned long long)s->bytes_recv, up_s, fold_s);
         if (why && whylen) why[0] = 0;
         unlink_upload(a, u);
         free(u);
