@@ -64,6 +64,8 @@ typedef struct {
     double train_s, upload_s;
     uint64_t bytes_recv, bytes_sent;
     int unclipped;            /* central DP: its update's norm was within the clip */
+    double silent_at;         /* encrypted aggregation: missed a key stage at this time;
+                                 inactive until it calls again (last_seen later) */
     long sa_index;            /* index in the secure-aggregation attempt, -1 = none */
 } fs_site;
 
@@ -296,6 +298,7 @@ static long site_find(const fs_round *a, const char *name)
 
 static int site_active(const fs_round *a, const fs_site *s, double now)
 {
+    if (s->silent_at > 0 && s->last_seen <= s->silent_at) return 0;
     return s->joined && (a->cfg.site_timeout_s <= 0 || now - s->last_seen <= a->cfg.site_timeout_s);
 }
 
@@ -1449,6 +1452,21 @@ static fs_status he_tick(fs_round *a, double now)
         }
         }
         if (st != FS_OK) {
+            if (a->sa_stage <= 1) {
+                /* The key stages need every site of the attempt: a site that
+                 * did not answer is left out of the next selections until it
+                 * calls again (else a frozen site, still within its
+                 * timeout, would spoil attempt after attempt). */
+                fs_he_server_state want = a->sa_stage == 0 ? FS_HE_KEYED : FS_HE_SHARED;
+                for (size_t i = 0; i < a->n_sites; i++) {
+                    fs_site *x = &a->sites[i];
+                    if (x->sa_index >= 0 && !fs_he_server_has(a->he, want, (uint32_t)x->sa_index + 1)) {
+                        x->silent_at = now;
+                        fs_log_warn("site %s: silent in the key stage of round %u; left out until it calls "
+                                    "again", x->name, a->completed + 1);
+                    }
+                }
+            }
             const char *why = fs_he_server_reason(a->he);
             sa_restart(a, why && why[0] ? why : fs_status_str(st));
             return FS_OK;

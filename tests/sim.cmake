@@ -14,8 +14,9 @@ target_include_directories(test_sim_metrics PRIVATE ${CMAKE_SOURCE_DIR})
 #   test_sim_dp            --dp-clip / --dp-epsilon: calibrated noise, epsilon per round, clipping (about 20 s)
 #   test_sim_secagg        --secure-agg with dropouts: recovery, an abandoned attempt (about 60 s)
 #   test_sim_he            --encrypted with dropouts: recovery, an abandoned attempt (about 90 s)
+#   test_fault_he          encrypted rounds: the aggregator SIGKILLed mid-round, a decryptor lost (40-70 s)
 foreach(t test_sim test_sim_stop test_fault_node_kill test_fault_agg_kill test_fault_tls test_sim_dp test_sim_secagg
-          test_sim_he)
+          test_sim_he test_fault_he)
   add_test(NAME ${t} COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/${t}.sh)
   set_tests_properties(${t} PROPERTIES ENVIRONMENT "FS_FEDSEG=$<TARGET_FILE:fedseg>"
                        WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR} TIMEOUT 600 SKIP_RETURN_CODE 77)

@@ -22,6 +22,11 @@
  *               σ·C·√(4/3)/4 per coordinate (within 5%), unweighted;
  *               dp.epsilon in the metrics equals the accountant's after one
  *               round with 4 shares
+ *   silent      a site that never answers the key stage (a frozen process
+ *               within its timeout): the attempt is abandoned at the stage
+ *               deadline, the site is left out of the next attempt, which
+ *               completes with the other three; once it calls again it is in
+ *               the next round
  *   refusals    a ciphertext with one flipped byte is refused (and the same
  *               site's correct upload then counts: the sum was untouched), a
  *               plain update, a masked update, a secure-aggregation stage, an
@@ -176,14 +181,18 @@ static int decrypt_all(fs_round *a, int s, site_state *st, double now)
 
 /* One round: every site not in `drop_up` uploads; those in `drop_dec` do not
  * answer decryption requests. Returns the attempt id the sites saw. */
-static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop_up, unsigned drop_dec, double *clock,
-                          int corrupt_first)
+static uint32_t run_round_of(fs_round *a, float d[NS][P], unsigned present, unsigned drop_up,
+                             unsigned drop_dec, double *clock, int corrupt_first)
 {
     double now = *clock;
     site_state st[NS];
     memset(st, 0, sizeof st);
     char why[256];
     for (int s = 0; s < NS; s++) {
+        if (!(present & (1u << s))) {
+            st[s].gone = 2; /* never calls */
+            continue;
+        }
         CHECK(fs_round_task(a, SITES[s], now, &st[s].t, why, sizeof why) == FS_OK &&
                   st[s].t.action == FS_TASK_TRAIN && st[s].t.encrypted && !st[s].t.secure_agg,
               "%s gets an encrypted TRAIN task (action %d)", SITES[s], (int)st[s].t.action);
@@ -204,6 +213,7 @@ static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop_up, unsigne
         free(m);
     }
     for (int s = 0; s < NS; s++) {
+        if (st[s].gone == 2) continue;
         uint8_t *b = NULL, **parts = NULL;
         size_t bl = 0, *lens = NULL, np = 0;
         CHECK(call(a, s, &st[s].t, FS_HE_GET_BCAST, NULL, 0, now, &b, &bl) == FS_SA_OK, "broadcast");
@@ -214,10 +224,13 @@ static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop_up, unsigne
         fs_he_site_free_parts(parts, lens, np);
         free(b);
     }
-    const size_t nct = fs_he_params_nct(&st[0].p), ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
+    int first = 0;
+    while (st[first].gone == 2) first++;
+    const size_t nct = fs_he_params_nct(&st[first].p), ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
     int64_t *q = malloc(nct * FS_HE_N * sizeof *q);
     uint8_t *cts = malloc(nct * ob);
     for (int s = 0; s < NS; s++) {
+        if (st[s].gone == 2) continue;
         for (uint32_t start = 1; start;) {
             uint8_t *r = NULL;
             size_t rl = 0;
@@ -273,7 +286,13 @@ static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop_up, unsigne
     }
     for (int s = 0; s < NS; s++) fs_he_site_free(st[s].hs);
     *clock = now + 1;
-    return st[0].t.secagg_attempt;
+    return st[first].t.secagg_attempt;
+}
+
+static uint32_t run_round(fs_round *a, float d[NS][P], unsigned drop_up, unsigned drop_dec, double *clock,
+                          int corrupt_first)
+{
+    return run_round_of(a, d, 0xf, drop_up, drop_dec, clock, corrupt_first);
 }
 
 static void make_deltas(float d[NS][P], uint64_t seed)
@@ -312,6 +331,72 @@ static int metrics_line_has(const char *dir, int round, const char *needle)
         if (!strncmp(line, head, strlen(head)) && strstr(line, needle)) ok = 1;
     if (f) fclose(f);
     return ok;
+}
+
+/* A site silent in the key stage is left out until it calls again. */
+static void test_silent(void)
+{
+    char dir[] = "round_he_silent_XXXXXX";
+    if (!mkdtemp(dir)) { perror("mkdtemp"); exit(1); }
+    static float w0[P], before[P], d[NS][P];
+    fs_round *a = open_round(dir, w0);
+    double now = 6;
+    char why[256];
+    fs_round_tick(a, now);
+    /* round 1, attempt 1: sites 1..3 send their keys, site_4 is frozen */
+    fs_wire_task t[NS];
+    fs_he_site *hs[NS] = {0};
+    for (int s = 0; s < 3; s++) {
+        CHECK(fs_round_task(a, SITES[s], now, &t[s], why, sizeof why) == FS_OK && t[s].encrypted &&
+                  t[s].secagg_sites == 4, "%s: an encrypted task among 4 sites", SITES[s]);
+        fs_he_params p;
+        memset(&p, 0, sizeof p);
+        p.round = t[s].round;
+        p.attempt = t[s].secagg_attempt;
+        p.n_sites = t[s].secagg_sites;
+        p.threshold = t[s].secagg_threshold;
+        memcpy(p.crs_seed, t[s].secagg_round_seed, 32);
+        p.n_values = P;
+        p.qz.clip = (float)t[s].secagg_clip;
+        p.qz.frac_bits = (unsigned)t[s].secagg_quant_bits;
+        uint8_t *m = NULL;
+        size_t ml = 0;
+        CHECK(fs_he_site_new(&p, t[s].secagg_index + 1, &hs[s]) == FS_OK && fs_he_site_keys(hs[s], &m, &ml) == FS_OK,
+              "keys");
+        CHECK(call(a, s, &t[s], FS_HE_KEYS, m, ml, now, NULL, NULL) == FS_SA_OK, "KEYS ok");
+        free(m);
+        fs_he_site_free(hs[s]);
+    }
+    now += 11; /* the key stage's deadline */
+    fs_round_tick(a, now);
+    CHECK(call(a, 0, &t[0], FS_HE_GET_BCAST, NULL, 0, now, NULL, NULL) == FS_SA_ABANDONED,
+          "the attempt without site_4's key is abandoned");
+    now += 6; /* join wait: the round reopens without site_4 */
+    fs_round_tick(a, now);
+    now += 6;
+    fs_round_tick(a, now);
+    make_deltas(d, 7);
+    memcpy(before, w0, sizeof before);
+    run_round_of(a, d, 0x7, 0, 0, &now, 0);
+    fs_round_view v;
+    fs_round_view_get(a, &v);
+    CHECK(v.completed == 1, "round 1 completed without the silent site (%u)", v.completed);
+    double err = mean_error(v.model, before, d, 0x7);
+    CHECK(err < 1e-5, "round 1: the mean of the three others, worst error %g", err);
+    /* site_4 calls again: round 2 has all four */
+    fs_wire_task t4;
+    CHECK(fs_round_task(a, SITES[3], now, &t4, why, sizeof why) == FS_OK, "site_4 asks for a task");
+    now += 6;
+    fs_round_tick(a, now);
+    make_deltas(d, 8);
+    memcpy(before, v.model, sizeof before);
+    run_round(a, d, 0, 0, &now, 0);
+    fs_round_view_get(a, &v);
+    CHECK(v.completed == 2, "round 2 completed (%u)", v.completed);
+    err = mean_error(v.model, before, d, 0xf);
+    CHECK(err < 1e-5, "round 2: site_4 is back, the mean of all four, worst error %g", err);
+    fs_round_free(a);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Distributed DP: one round, four sites with zero updates adding noise. */
@@ -489,5 +574,6 @@ int main(void)
     fs_round_free(a);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     test_distributed_dp();
+    test_silent();
     return check_result();
 }
