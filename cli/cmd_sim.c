@@ -153,7 +153,8 @@ static void sim_help(FILE *f)
         "                       protocol silently in round --drop-round (default 2) at\n"
         "                       --drop-stage STAGE: advertise, shares, masked or unmask (default\n"
         "                       masked; encrypted: keys, shares, upload or decrypt, default\n"
-        "                       upload), to show the recovery\n"
+        "                       upload; with decrypt the first K sites, which are in the\n"
+        "                       decryption set, drop), to show the recovery\n"
         "  --heterogeneity H    synthesized site differences: iid | mild (default) | strong\n"
         "  --algorithm A        fedavg (default) | fedprox | fedavgm | fedadagrad | fedadam | fedyogi |\n"
         "                       scaffold | fedbn\n"
@@ -562,7 +563,11 @@ static fs_status write_node_config(sim *s, int i, int port)
         "finetune_epochs = %d\n",
         nm, port, nm, nm, nm, nm, nm, nm, s->data[i], o->device, o->model, s->threads,
         o->seed + i + 1, batch, nm, o->finetune_epochs);
-    if (len > 0 && len < (int)sizeof text && o->drop && i >= s->n - o->drop)
+    /* the last K sites drop; before decryption the first K (the aggregator
+     * asks the contributors with the smallest indices to decrypt, so that
+     * the dropout hits the decryption set and its replacement shows) */
+    int dropper = o->encrypted && !strcmp(o->drop_stage, "decrypt") ? i < o->drop : i >= s->n - o->drop;
+    if (len > 0 && len < (int)sizeof text && o->drop && dropper)
         len += snprintf(text + len, sizeof text - (size_t)len,
                         "# --drop: this site leaves the private aggregation once, to show the recovery\n"
                         "secagg_drop_stage = %s\n"

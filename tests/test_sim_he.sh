@@ -9,11 +9,14 @@
 #   run 2: --drop 2 --drop-stage upload: round 2's first attempt is abandoned
 #          (fewer contributors than the threshold; logged, model unchanged)
 #          and a second attempt completes the round
+#   run 5: --drop 1 --drop-stage decrypt: site_1, in the first decryption
+#          set, leaves round 2 before decrypting; another set decrypts
+#          (round 2: 2 generations)
 #   run 3: --dp-clip 0.05 --dp-epsilon 8: distributed DP under encryption
 #          (dp = distributed, threshold 3), epsilon per round increasing and
 #          within 8, every site adding its discrete-Gaussian noise share
 # Then bad usage: --encrypted with --secure-agg, --encrypted with 1 site.
-# About 120 s.
+# About 150 s.
 set -u
 . "$(dirname "$0")/fedtest.sh"
 fedtest_begin sim_he_work
@@ -35,6 +38,12 @@ rc=$?
 check "sim --encrypted --drop 2 exits 0 (got $rc)" [ $rc -eq 0 ]
 check "round 2's first attempt was abandoned" grep -q 'round 2: encrypted aggregation attempt .* abandoned: .*; the global model is unchanged' run2/logs/aggregator.log
 check "round 2 completed with a second attempt" sh -c "grep '^{\"round\":2,' run2/metrics.jsonl | grep -q '\"contributed\":4'"
+
+timeout 300 "$F" sim $common --drop 1 --drop-stage decrypt --out run5 >out5.txt 2>err5.txt
+rc=$?
+check "sim --encrypted --drop 1 --drop-stage decrypt exits 0 (got $rc)" [ $rc -eq 0 ]
+check "site_1 left round 2 before decrypting" grep -q 'round 2: leaving encrypted aggregation before decrypting' run5/logs/site_1.log
+check "round 2: decrypted by a second set" sh -c "grep '^{\"round\":2,' run5/metrics.jsonl | grep -q '\"contributed\":4,\"decrypted_by\":3,\"generations\":2'"
 
 timeout 300 "$F" sim $common --dp-clip 0.05 --dp-epsilon 8 --out run4 >out4.txt 2>err4.txt
 rc=$?
