@@ -18,13 +18,16 @@
  *               finished when reopened from its folder
  *   adaptive    adaptive clipping (Andrew et al.): three sites whose update
  *               norms are 0.5, 1 and 2 times 0.8, initial clip 4, target
- *               quantile 0.5; each round's Task.dp_clip equals the clip in
- *               its metrics line, each next clip equals
- *               C·exp(−η(b̄ − γ)) of the published noised fraction b̄, the
- *               clip falls from 4 towards the median (below 2.6 after 6
- *               rounds), an update above the current clip is refused, and
- *               the aggregator reopened from its folder continues from the
- *               last decided clip
+ *               quantile 0.5, count noise σ_b = 0.6; each round's
+ *               Task.dp_clip equals the clip in its metrics line, each next
+ *               clip equals C·exp(−η(b̄ − γ)) of the published noised
+ *               fraction b̄, the noised counts 3·b̄ add up to the sites'
+ *               true unclipped counts within 4.5 standard deviations of
+ *               their summed noise (a count that ignored the sites' bits
+ *               would be 18 away, 12 deviations), the clip falls below 4,
+ *               an update above the current clip is refused, and the
+ *               aggregator reopened from its folder continues from the last
+ *               decided clip
  */
 #include "check.h"
 #include "round_fixture.h"
@@ -331,9 +334,11 @@ static void test_adaptive(void)
     c.dp.adaptive = 1;
     c.dp.target_quantile = 0.5;
     c.dp.clip_lr = 0.2;
+    c.dp.count_stddev = 0.6;
     fs_round *a = open_round(&c, w0, P, 0);
     join_all(a, 0);
     double now = 6, task_clip[R + 1];
+    int true_unclipped = 0;
     const double norms[3] = {0.4, 0.8, 1.6};
     char why[256];
     for (int r = 1; r <= R; r++) {
@@ -358,6 +363,7 @@ static void test_adaptive(void)
             double n0 = 0;
             CHECK(fs_dp_clip_l2(d, P, t.dp_clip, &n0) == FS_OK, "clip");
             g_unclipped = n0 <= t.dp_clip;
+            true_unclipped += g_unclipped;
             CHECK(push(a, s, (uint32_t)r, d, P, now, why, sizeof why) == FS_OK, "round %d: %s accepted (%s)", r,
                   SITES[s], why);
         }
@@ -382,7 +388,12 @@ static void test_adaptive(void)
             CHECK(fabs(next[r - 1] - clip[r]) <= 1e-6 * clip[r], "round %d's next clip is round %d's clip", r,
                   r + 1);
     }
-    CHECK(next[R - 1] < 2.6, "the clip falls from 4 towards the median norm (after %d rounds: %g)", R,
+    double noised = 0;
+    for (int r = 0; r < R; r++) noised += 3 * frac[r];
+    CHECK(fabs(noised - true_unclipped) <= 4.5 * 0.6 * sqrt((double)R),
+          "the noised counts (sum %.3g) match the sites' unclipped bits (%d) within 4.5 deviations", noised,
+          true_unclipped);
+    CHECK(next[R - 1] < 4.0, "the clip falls from 4 towards the median norm (after %d rounds: %g)", R,
           next[R - 1]);
     fs_round_free(a);
     /* reopened: round R + 1 uses the clip decided by round R's close */
