@@ -7,9 +7,10 @@
 # (log lines); the aggregator's config has dp = central. Then bad usage:
 # --dp-noise without --dp-clip, --dp-clip alone. A second run with
 # --dp-adaptive --dp-clip 5 (far above these updates' norms): every metrics
-# line has next_clip, each round's clip is the previous round's next_clip,
-# the clip falls below 5, and the sites clip to the clip of each round's
-# task; --dp-adaptive with --secure-agg is bad usage. About 35 s.
+# line has next_clip, each round's clip is the previous round's next_clip
+# and follows C·exp(−η(b̄ − γ)) of the published noised fraction, and the
+# sites clip to the clip of each round's task; --dp-adaptive with
+# --secure-agg is bad usage. About 35 s.
 set -u
 . "$(dirname "$0")/fedtest.sh"
 fedtest_begin sim_dp_work
@@ -31,9 +32,10 @@ timeout 300 "$F" sim --sites 2 --rounds 3 --local-epochs 1 --steps 3 --batch 4 -
 rc=$?
 check "fedseg sim --dp-adaptive exits 0 (got $rc)" [ $rc -eq 0 ]
 check "the aggregator runs dp_adaptive = true" grep -q '^dp_adaptive = true' run2/config/aggregator.conf
-clips=$(grep -o '"dp":{[^}]*}' run2/metrics.jsonl | sed 's/.*"clip":\([0-9.eE+-]*\),.*"next_clip":\([0-9.eE+-]*\).*/\1 \2/')
-check "each round's clip is the previous next_clip, falling below 5 ($(echo $clips | tr '\n' ' '))" awk -v l="$(echo $clips)" 'BEGIN{n=split(l,e," "); if (n!=6) exit 1; if (e[1]!=5) exit 1; for(i=3;i<=n;i+=2) if (e[i]!=e[i-1]) exit 1; if (e[6]>=5) exit 1}'
-last=$(echo $clips | awk '{print $5}')
+clips=$(grep -o '"dp":{[^}]*}' run2/metrics.jsonl | sed 's/.*"clip":\([0-9.eE+-]*\),.*"unclipped_fraction_noised":\([0-9.eE+-]*\),"next_clip":\([0-9.eE+-]*\).*/\1 \2 \3/')
+check "each round's clip is the previous next_clip, the first 5 ($(echo $clips | tr '\n' ' '))" awk -v l="$(echo $clips)" 'BEGIN{n=split(l,e," "); if (n!=9) exit 1; if (e[1]!=5) exit 1; for(i=4;i<=n;i+=3) if (e[i]!=e[i-1]) exit 1}'
+check "each next clip is C*exp(-0.2*(b - 0.5)) of the published noised fraction b" awk -v l="$(echo $clips)" 'BEGIN{n=split(l,e," "); for(i=1;i<=n;i+=3){w=e[i]*exp(-0.2*(e[i+1]-0.5)); d=e[i+2]-w; if (d<0) d=-d; if (d>1e-5*w) exit 1}}'
+last=$(echo $clips | awk '{print $7}')
 check "site_1 clipped round 3 to that round's clip $last" sh -c "grep 'round 3: update L2 norm' run2/logs/site_1.log | grep -q ' $(printf %.4g $last) (differential privacy)'"
 "$F" sim --dp-clip 1 --dp-noise 1 --dp-adaptive --secure-agg >/dev/null 2>&1; rc=$?
 check "--dp-adaptive with --secure-agg is bad usage (got $rc)" [ $rc -eq 2 ]
