@@ -84,7 +84,18 @@ struct fs_round_upload {
     double sumsq;             /* Σ x² in index order (differential privacy's bound) */
     double t_begin;
     char path[PATH_LEN];
+    /* encrypted: the ciphertext object being assembled from the chunks, each
+     * verified as soon as it is complete (the fold then only adds) */
+    uint8_t *he_obj;
+    size_t he_fill;
+    uint64_t he_done;         /* objects verified */
 };
+
+static void upload_free(fs_round_upload *u)
+{
+    if (u) free(u->he_obj);
+    free(u);
+}
 
 struct fs_round {
     fs_round_config cfg;      /* string pointers below point into this object */
@@ -1314,10 +1325,10 @@ static fs_status he_begin(fs_round *a, double now)
     return FS_OK;
 }
 
-/* Verifies the spooled ciphertexts of site si (CRC, then every object), and
- * only then adds them into the sum: a bad object is refused with the sum
- * untouched (FS_ERR_FORMAT / CHECKSUM / MISMATCH); FS_ERR_IO when the spool
- * cannot be read back (the sum may then hold part of it). */
+/* Adds the spooled ciphertexts of site si into the sum. Every object was
+ * verified as its chunks arrived (he_verify_chunk), so a refusal here means
+ * the spool changed or cannot be read back: FS_ERR_IO (the sum may then hold
+ * part of it, and the caller abandons the attempt). */
 static fs_status he_fold_spool(fs_round *a, size_t si)
 {
     const fs_site *s = &a->sites[si];
@@ -1328,7 +1339,7 @@ static fs_status he_fold_spool(fs_round *a, size_t si)
     uint8_t *obj = malloc(ob);
     if (!obj) return FS_ERR_NOMEM;
     fs_status st = FS_OK;
-    for (int commit = 0; commit < 2 && st == FS_OK; commit++) {
+    for (int commit = 1; commit < 2 && st == FS_OK; commit++) {
         int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             fs_log_error("%s: cannot open the encrypted update of site %s: %s", path, s->name,
@@ -2211,7 +2222,7 @@ void fs_round_free(fs_round *a)
     for (fs_round_upload *u = a->uploads, *next; u; u = next) {
         next = u->next;
         if (u->fd >= 0) close(u->fd);
-        free(u);
+        upload_free(u);
     }
     fs_round_sum_free(&a->sum);
     fs_noniid_server_free(&a->srv);
@@ -2480,19 +2491,53 @@ fs_status fs_round_update_begin(fs_round *a, const char *identity, const fs_wire
     u->hdr = *hdr;
     u->t_begin = now;
     if (spool_path(a, u->path, r, s->name) != FS_OK) {
-        free(u);
+        upload_free(u);
         return FS_ERR_ARG;
     }
     u->fd = open(u->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (u->fd < 0) {
         fs_log_error("%s: cannot create the spool: %s", u->path, strerror(errno));
-        free(u);
+        upload_free(u);
         return refuse(FS_ERR_IO, identity, why, whylen, "the aggregator cannot store the update");
+    }
+    if (hdr->encrypted) {
+        if (!(u->he_obj = malloc(fs_he_wire_bytes(FS_HE_OBJ_CT)))) {
+            close(u->fd);
+            unlink(u->path);
+            upload_free(u);
+            return FS_ERR_NOMEM;
+        }
+        fs_he_server_ct_reset(a->he, (uint32_t)s->sa_index + 1);
     }
     u->next = a->uploads;
     a->uploads = u;
     s->uploading = 1;
     *up = u;
+    return FS_OK;
+}
+
+/* Encrypted uploads: assembles ciphertext objects from the chunk and
+ * verifies each as soon as it is complete (digest, kind, sender, index, key
+ * id; common/he_proto.h), so that a bad object is refused at once and the
+ * fold at the end only adds. */
+static fs_status he_verify_chunk(fs_round *a, fs_round_upload *u, const uint8_t *data, size_t len)
+{
+    const size_t ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
+    const long idx = a->sites[u->site].sa_index;
+    if (!a->he || idx < 0 || !u->he_obj) return FS_ERR_MISMATCH;
+    while (len) {
+        size_t take = ob - u->he_fill < len ? ob - u->he_fill : len;
+        memcpy(u->he_obj + u->he_fill, data, take);
+        u->he_fill += take;
+        data += take;
+        len -= take;
+        if (u->he_fill == ob) {
+            fs_status st = fs_he_server_ct(a->he, (uint32_t)idx + 1, u->he_obj, ob, 0);
+            if (st != FS_OK) return st;
+            u->he_fill = 0;
+            u->he_done++;
+        }
+    }
     return FS_OK;
 }
 
@@ -2543,6 +2588,12 @@ fs_status fs_round_update_chunk(fs_round *a, fs_round_upload *u, uint64_t offset
         return chunk_refuse(a, u, FS_ERR_FORMAT, why, whylen,
                             "parameter %llu is a normalisation parameter kept at the sites (FedBN) "
                             "but its delta is not 0", (unsigned long long)bad);
+    if (u->hdr.encrypted) {
+        fs_status vs = he_verify_chunk(a, u, data, len);
+        if (vs != FS_OK)
+            return chunk_refuse(a, u, vs, why, whylen, "ciphertext %llu was refused (%s)",
+                                (unsigned long long)u->he_done, fs_status_str(vs));
+    }
     int err = write_all(u->fd, data, len);
     if (err) {
         fs_log_error("%s: cannot write the spool: %s", u->path, strerror(err));
@@ -2648,7 +2699,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
         if (fst != FS_OK) {
             unlink_upload(a, u);
             s->uploading = 0;
-            free(u);
+            upload_free(u);
             if (fst == FS_ERR_IO || fst == FS_ERR_NOMEM) {
                 sa_restart(a, "an encrypted update could not be added to the sum");
                 if (why && whylen) snprintf(why, whylen, "the aggregator could not add the encrypted update");
@@ -2671,11 +2722,12 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
         s->upload_s = up_s;
         s->bytes_recv = (uint64_t)he_words(a) * 4u;
         a->order[a->n_accepted++] = u->site;
-        fs_log_info("site %s: encrypted update for round %u accepted (%llu bytes, %.1f s upload, %.2f s to "
-                    "verify and add)", s->name, u->round, (unsigned long long)s->bytes_recv, up_s, fold_s);
+        fs_log_info("site %s: encrypted update for round %u accepted (%llu bytes, %.1f s upload with each "
+                    "ciphertext verified, %.2f s to add)", s->name, u->round, (unsigned long long)s->bytes_recv,
+                    up_s, fold_s);
         if (why && whylen) why[0] = 0;
         unlink_upload(a, u);
-        free(u);
+        upload_free(u);
         sa_tick(a, now);
         return FS_OK;
     }
@@ -2688,7 +2740,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
             fs_secagg_server_masked_received(a->sa, (uint32_t)s->sa_index) != FS_OK) {
             unlink_upload(a, u);
             s->uploading = 0;
-            free(u);
+            upload_free(u);
             sa_restart(a, "a masked update could not be added to the sum");
             if (why && whylen) snprintf(why, whylen, "the aggregator could not add the masked update");
             return FS_ERR_IO;
@@ -2708,7 +2760,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
                     u->round, (unsigned long long)s->bytes_recv, up_s);
         if (why && whylen) why[0] = 0;
         unlink_upload(a, u);
-        free(u);
+        upload_free(u);
         sa_tick(a, now);
         return FS_OK;
     }
@@ -2755,7 +2807,7 @@ fs_status fs_round_update_end(fs_round *a, fs_round_upload *u, int failed, doubl
                 s->name, u->round, (unsigned long long)s->n, (unsigned long long)bytes, upload_s);
     if (why && whylen) why[0] = 0;
     unlink_upload(a, u);
-    free(u);
+    upload_free(u);
     fs_status cs = maybe_close(a, now);
     if (a->dead) return FS_ERR_IO;
     if (cs != FS_OK)
@@ -2766,7 +2818,7 @@ out:
     unlink_upload(a, u);
     if (u->fd >= 0) close(u->fd);
     if (!u->dead) s->uploading = 0;
-    free(u);
+    upload_free(u);
     return st;
 }
 
