@@ -1060,12 +1060,45 @@ static void kill_round_uploads(fs_round *a, const char *msg)
         }
 }
 
+/* Numbers the open round's selected sites 0..n-1 (site list order) for a
+ * secure or encrypted attempt; returns n. */
+static uint32_t number_selected(fs_round *a)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; i < a->n_sites; i++)
+        a->sites[i].sa_index = a->sites[i].selected ? (long)n++ : -1;
+    return n;
+}
+
+/* An attempt's public cap on a site's sample count: configured, or the
+ * largest count the selected sites announced when they joined (public
+ * already), so that the biggest site sends weight 1 and the fixed-point grid
+ * is used fully; 1 under distributed DP (every site weighs 1). */
+static uint64_t attempt_weight_cap(const fs_round *a)
+{
+    uint64_t cap = a->dp_dist ? 1 : a->cfg.secagg_weight_cap;
+    if (!cap)
+        for (size_t i = 0; i < a->n_sites; i++)
+            if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
+    return cap ? cap : 1;
+}
+
+/* The upload stage of an attempt (masked or encrypted) stays open while
+ * sites that can still upload have not (`got` of `want`) before the round's
+ * deadline, and for uploads already in flight up to secagg_stage_s more. */
+static int upload_stage_open(const fs_round *a, uint32_t got, uint32_t want, double now)
+{
+    if (got >= want) return 0;
+    if (now < a->deadline) return 1;
+    for (const fs_round_upload *u = a->uploads; u; u = u->next)
+        if (u->round == a->completed + 1 && !u->dead) return now < a->deadline + a->cfg.secagg_stage_s;
+    return 0;
+}
+
 /* Starts an attempt of the open round among its selected sites. */
 static fs_status sa_begin(fs_round *a, double now)
 {
-    uint32_t r = a->completed + 1, n = 0;
-    for (size_t i = 0; i < a->n_sites; i++)
-        a->sites[i].sa_index = a->sites[i].selected ? (long)n++ : -1;
+    uint32_t r = a->completed + 1, n = number_selected(a);
     fs_secagg_params p;
     memset(&p, 0, sizeof p);
     p.round = r;
@@ -1092,14 +1125,7 @@ static fs_status sa_begin(fs_round *a, double now)
         for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
         return st;
     }
-    /* the weight cap: configured, or the largest sample count the selected
-     * sites announced when they joined (public already), so that the
-     * biggest site sends weight 1 and the fixed-point grid is used fully */
-    uint64_t cap = a->dp_dist ? 1 : a->cfg.secagg_weight_cap; /* DP: every site weighs 1 */
-    if (!cap)
-        for (size_t i = 0; i < a->n_sites; i++)
-            if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
-    a->sa_wcap = cap ? cap : 1;
+    a->sa_wcap = attempt_weight_cap(a);
     a->sap = p;
     a->sa_f = f;
     a->sa_attempt++;
@@ -1232,13 +1258,7 @@ static fs_status sa_tick(fs_round *a, double now)
             st = fs_secagg_server_close_shares(a->sa);
             break;
         case 2:
-            if (ms < sh && now < a->deadline) return FS_OK;
-            {
-                int uploading = 0;
-                for (fs_round_upload *u = a->uploads; u; u = u->next)
-                    uploading |= u->round == a->completed + 1 && !u->dead;
-                if (uploading && ms < sh && now < a->deadline + a->cfg.secagg_stage_s) return FS_OK;
-            }
+            if (upload_stage_open(a, ms, sh, now)) return FS_OK;
             kill_round_uploads(a, "the masked-input stage is over");
             st = fs_secagg_server_close_masked(a->sa, &a->sa_req, &a->sa_req_len);
             a->sa_deadline = now + a->cfg.secagg_stage_s;
@@ -1280,9 +1300,7 @@ static size_t he_words(const fs_round *a)
 
 static fs_status he_begin(fs_round *a, double now)
 {
-    uint32_t r = a->completed + 1, n = 0;
-    for (size_t i = 0; i < a->n_sites; i++)
-        a->sites[i].sa_index = a->sites[i].selected ? (long)n++ : -1;
+    uint32_t r = a->completed + 1, n = number_selected(a);
     fs_he_params p;
     memset(&p, 0, sizeof p);
     p.round = r;
@@ -1310,11 +1328,7 @@ static fs_status he_begin(fs_round *a, double now)
         for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
         return st;
     }
-    uint64_t cap = a->dp_dist ? 1 : a->cfg.secagg_weight_cap; /* DP: every site weighs 1 */
-    if (!cap)
-        for (size_t i = 0; i < a->n_sites; i++)
-            if (a->sites[i].selected && a->sites[i].join_samples > cap) cap = a->sites[i].join_samples;
-    a->sa_wcap = cap ? cap : 1;
+    a->sa_wcap = attempt_weight_cap(a);
     a->hep = p;
     a->sa_attempt++;
     a->sa_stage = 0;
@@ -1435,13 +1449,7 @@ static fs_status he_tick(fs_round *a, double now)
             st = fs_he_server_close_shares(a->he);
             break;
         case 2:
-            if (contrib < shared && now < a->deadline) return FS_OK;
-            {
-                int uploading = 0;
-                for (fs_round_upload *u = a->uploads; u; u = u->next)
-                    uploading |= u->round == a->completed + 1 && !u->dead;
-                if (uploading && contrib < shared && now < a->deadline + a->cfg.secagg_stage_s) return FS_OK;
-            }
+            if (upload_stage_open(a, contrib, shared, now)) return FS_OK;
             kill_round_uploads(a, "the ciphertext upload stage is over");
             st = fs_he_server_close_input(a->he);
             a->sa_deadline = now + a->cfg.secagg_stage_s;
@@ -1487,6 +1495,35 @@ static fs_status he_tick(fs_round *a, double now)
     return FS_OK;
 }
 
+/* Ends a SecAgg call of either private mode: `late` (the stage is over for
+ * the site: ABANDONED), a refused message (its status, logged; any payload
+ * dropped), or OK with the payload, after which the stages move on. */
+static fs_status stage_reply(fs_round *a, const char *identity, const fs_wire_secagg_request *req, int late,
+                             fs_status st, double now, fs_wire_secagg_reply *reply, uint8_t **payload,
+                             char *why, size_t whylen)
+{
+    if (late || st != FS_OK) {
+        fs_secagg_msg_free(*payload, reply->len);
+        *payload = NULL;
+        reply->len = 0;
+    }
+    if (late) {
+        reply->status = FS_SA_ABANDONED;
+        snprintf(reply->reason, sizeof reply->reason, "round %u attempt %u: stage %d is over for this site",
+                 a->completed + 1, a->sa_attempt, (int)req->stage);
+        return FS_OK;
+    }
+    if (st != FS_OK)
+        return refuse(st == FS_ERR_ABANDONED ? FS_ERR_MISMATCH : st, identity, why, whylen,
+                      "%s aggregation stage %d message refused (%s)", a->cfg.encrypted ? "encrypted" : "secure",
+                      (int)req->stage, fs_status_str(st));
+    reply->status = FS_SA_OK;
+    reply->retry_after_ms = 0;
+    reply->payload = *payload;
+    sa_tick(a, now);
+    return FS_OK;
+}
+
 /* A 4-byte little-endian start index, the request payload of stages 9, 10. */
 static int he_start(const fs_wire_secagg_request *req, uint32_t *start)
 {
@@ -1500,7 +1537,7 @@ static int he_start(const fs_wire_secagg_request *req, uint32_t *start)
 static fs_status he_call(fs_round *a, const char *identity, uint32_t site, const fs_wire_secagg_request *req,
                          double now, fs_wire_secagg_reply *reply, uint8_t **payload, char *why, size_t whylen)
 {
-    uint32_t r = a->completed + 1, start = 0;
+    uint32_t start = 0;
     fs_status st = FS_OK;
     int late = 0;
     switch (req->stage) {
@@ -1558,28 +1595,7 @@ static fs_status he_call(fs_round *a, const char *identity, uint32_t site, const
         late = 1;
         break;
     }
-    if (late) {
-        free(*payload);
-        *payload = NULL;
-        reply->len = 0;
-        reply->status = FS_SA_ABANDONED;
-        snprintf(reply->reason, sizeof reply->reason,
-                 "round %u attempt %u: stage %d is over for this site", r, a->sa_attempt, (int)req->stage);
-        return FS_OK;
-    }
-    if (st != FS_OK) {
-        free(*payload);
-        *payload = NULL;
-        reply->len = 0;
-        return refuse(st == FS_ERR_ABANDONED ? FS_ERR_MISMATCH : st, identity, why, whylen,
-                      "encrypted aggregation stage %d message refused (%s)", (int)req->stage,
-                      fs_status_str(st));
-    }
-    reply->status = FS_SA_OK;
-    reply->retry_after_ms = 0;
-    reply->payload = *payload;
-    sa_tick(a, now);
-    return FS_OK;
+    return stage_reply(a, identity, req, late, st, now, reply, payload, why, whylen);
 }
 
 /* Fills the reply of a SecAgg call (see round.h). */
@@ -1662,25 +1678,7 @@ fs_status fs_round_secagg(fs_round *a, const char *identity, const fs_wire_secag
         st = fs_secagg_server_recv_unmask(a->sa, idx, req->payload, req->len);
         break;
     }
-    if (late) {
-        reply->status = FS_SA_ABANDONED;
-        snprintf(reply->reason, sizeof reply->reason,
-                 "round %u attempt %u: stage %d is over for this site", r, a->sa_attempt, (int)req->stage);
-        return FS_OK;
-    }
-    if (st != FS_OK) {
-        fs_secagg_msg_free(*payload, reply->len);
-        *payload = NULL;
-        reply->len = 0;
-        return refuse(st == FS_ERR_ABANDONED ? FS_ERR_MISMATCH : st, identity, why, whylen,
-                      "secure aggregation stage %d message refused (%s)", (int)req->stage,
-                      fs_status_str(st));
-    }
-    reply->status = FS_SA_OK;
-    reply->retry_after_ms = 0;
-    reply->payload = *payload;
-    sa_tick(a, now);
-    return FS_OK;
+    return stage_reply(a, identity, req, late, st, now, reply, payload, why, whylen);
 }
 
 /* ---- resume ---------------------------------------------------------------- */

@@ -580,10 +580,12 @@ static int drop_here(node *n, const fs_wire_task *t, int stage)
     return 1;
 }
 
-/* A securely aggregated round (client.h). */
-static fs_status train_round_secure(node *n, const fs_wire_task *t)
+/* The start of a secure or encrypted round: a task for another model size
+ * (FS_ERR_MISMATCH: join again), or an attempt this site left on purpose
+ * (it naps and stays out) leave *go at 0; else *go = 1. */
+static fs_status private_round_start(node *n, const fs_wire_task *t, int *go)
 {
-    uint32_t r = t->round;
+    *go = 0;
     if (t->num_params && t->num_params != n->P) {
         snprintf(n->why, sizeof n->why, "the task is for a model of %llu parameters, this site's has %zu",
                  (unsigned long long)t->num_params, n->P);
@@ -591,10 +593,21 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
         return FS_ERR_MISMATCH;
     }
     n->pending = 0;
-    if (n->dropped && r == n->cfg->secagg_drop_round && t->secagg_attempt == n->drop_attempt) {
+    if (n->dropped && t->round == n->cfg->secagg_drop_round && t->secagg_attempt == n->drop_attempt) {
         nap(n, 0.5); /* stays out of the attempt it left (a dropped site) */
         return FS_OK;
     }
+    *go = 1;
+    return FS_OK;
+}
+
+/* A securely aggregated round (client.h). */
+static fs_status train_round_secure(node *n, const fs_wire_task *t)
+{
+    uint32_t r = t->round;
+    int go = 0;
+    fs_status st0 = private_round_start(n, t, &go);
+    if (!go) return st0;
     fs_secagg_params p;
     memset(&p, 0, sizeof p);
     p.round = r;
@@ -735,17 +748,9 @@ static fs_status he_step_at(node *n, const fs_wire_task *t, fs_secagg_stage stag
 static fs_status train_round_encrypted(node *n, const fs_wire_task *t)
 {
     uint32_t r = t->round;
-    if (t->num_params && t->num_params != n->P) {
-        snprintf(n->why, sizeof n->why, "the task is for a model of %llu parameters, this site's has %zu",
-                 (unsigned long long)t->num_params, n->P);
-        n->joined = 0;
-        return FS_ERR_MISMATCH;
-    }
-    n->pending = 0;
-    if (n->dropped && r == n->cfg->secagg_drop_round && t->secagg_attempt == n->drop_attempt) {
-        nap(n, 0.5); /* stays out of the attempt it left (a dropped site) */
-        return FS_OK;
-    }
+    int go = 0;
+    fs_status st0 = private_round_start(n, t, &go);
+    if (!go) return st0;
     fs_he_params p;
     memset(&p, 0, sizeof p);
     p.round = r;
