@@ -916,7 +916,7 @@ static void he_round(fed_site *s, const fs_wire_task *t, int r, uint64_t samples
     st = q && cts ? fs_he_quantise(&p.qz, s->delta, s->io.P, (float)((double)w / (double)cap),
                                    (uint64_t)s->io.idx * 7919 + (uint64_t)r, q)
                   : FS_ERR_NOMEM;
-    for (uint32_t j = 0; j < nct && st == FS_OK; j++) st = fs_he_site_encrypt_ct(hs, q, s->io.P + 1, j, cts + j * ob, ob);
+    if (st == FS_OK) st = fs_he_site_encrypt(hs, q, s->io.P + 1, 0, cts, nct * ob, NULL);
     if (st != FS_OK) {
         fed_fail(s, "encryption", st, NULL);
         goto out;

@@ -51,6 +51,22 @@ static inline uint64_t to_res(int64_t v, uint64_t q)
     return v >= 0 ? (uint64_t)v % q : q - ((uint64_t)(-(v + 1)) % q + 1) % q;
 }
 
+/* A small signed value v (|v| < q) as a residue mod q, without a division. */
+static inline uint64_t small_res(int64_t v, uint64_t q)
+{
+    return (uint64_t)v + (q & (uint64_t)-(int64_t)(v < 0));
+}
+
+/* Population count of a 21-bit field, branch-free and without a libgcc call
+ * (a portable build has no POPCNT instruction to inline). */
+static inline uint64_t pop21(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x55555555ull);
+    x = (x & 0x33333333ull) + ((x >> 2) & 0x33333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0full;
+    return (x * 0x01010101ull & 0xffffffffull) >> 24;
+}
+
 /* a·w mod q in [0, q), wp the Shoup companion of w. */
 static inline uint64_t mul_shoup(uint64_t a, uint64_t w, uint64_t wp, uint64_t q)
 {
@@ -83,7 +99,9 @@ static void expand(const uint8_t key[32], uint64_t nonce, uint64_t first, uint64
     memset(words, 0, nwords * 8);
     crypto_stream_chacha20_ietf_xor_ic((uint8_t *)words, (const uint8_t *)words, nwords * 8, nb,
                                        (uint32_t)(first / 8), key);
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
     for (size_t i = 0; i < nwords; i++) words[i] = le64((const uint8_t *)&words[i]);
+#endif
 }
 
 /* The samplers shared with kernels/cuda/he_encrypt.cu: a word → ternary,
@@ -91,8 +109,7 @@ static void expand(const uint8_t key[32], uint64_t nonce, uint64_t first, uint64
 static inline int64_t word_ternary(uint64_t w) { return (int64_t)(w % 3) - 1; }
 static inline int64_t word_cbd(uint64_t w)
 {
-    return (int64_t)__builtin_popcountll(w & 0x1fffffull) -
-           (int64_t)__builtin_popcountll((w >> 21) & 0x1fffffull);
+    return (int64_t)pop21(w & 0x1fffffull) - (int64_t)pop21((w >> 21) & 0x1fffffull);
 }
 static inline int64_t word_smudge(uint64_t w)
 {
@@ -478,14 +495,21 @@ fs_status fs_he_dequantise(const fs_he_quant *qz, const int64_t *sum, size_t cou
 /* ---- encryption ------------------------------------------------------------ */
 
 /* One ciphertext from its 3N sampling words and N message values:
- * c0 = b·u + e0 + Δ·m, c1 = a·u + e1. scratch: POLY_WORDS words. */
+ * c0 = b·u + e0 + Δ·m, c1 = a·u + e1. scratch: POLY_WORDS + 2N words. The
+ * small values (u, e0 + Δ·m's m, e1) are drawn once and reduced per prime. */
 static void encrypt_one(const fs_he_ctx *c, const fs_he_pubkey *pk, const uint64_t *words,
-                        const int64_t *m, size_t mcount, uint64_t *ct, uint64_t *u_hat)
+                        const int64_t *m, size_t mcount, uint64_t *ct, uint64_t *scratch)
 {
+    uint64_t *u_hat = scratch;
+    int64_t *e0 = (int64_t *)(scratch + FS_HE_POLY_WORDS), *e1 = e0 + FS_HE_N;
+    for (size_t i = 0; i < FS_HE_N; i++) {
+        e0[i] = word_cbd(words[FS_HE_N + i]);
+        e1[i] = word_cbd(words[2 * FS_HE_N + i]);
+    }
     for (unsigned j = 0; j < FS_HE_L; j++) {
-        const uint64_t q = c->q[j];
+        const uint64_t q = c->q[j], dl = c->delta[j], dlp = shoup_of(dl, q);
         uint64_t *uh = u_hat + (size_t)j * FS_HE_N;
-        for (size_t i = 0; i < FS_HE_N; i++) uh[i] = to_res(word_ternary(words[i]), q);
+        for (size_t i = 0; i < FS_HE_N; i++) uh[i] = small_res(word_ternary(words[i]), q);
         fs_he_ntt_fwd(&c->ntt[j], uh);
         uint64_t *c0 = ct + (size_t)j * FS_HE_N, *c1 = ct + FS_HE_POLY_WORDS + (size_t)j * FS_HE_N;
         const uint64_t *b = pk->b_hat + (size_t)j * FS_HE_N, *bp = pk->b_hat_p + (size_t)j * FS_HE_N;
@@ -496,13 +520,19 @@ static void encrypt_one(const fs_he_ctx *c, const fs_he_pubkey *pk, const uint64
         }
         fs_he_ntt_inv(&c->ntt[j], c0);
         fs_he_ntt_inv(&c->ntt[j], c1);
-        for (size_t i = 0; i < FS_HE_N; i++) {
-            uint64_t dm = i < mcount ? fs_he_mulmod(c->delta[j], to_res(m[i], q), q) : 0;
-            uint64_t v0 = c0[i] + to_res(word_cbd(words[FS_HE_N + i]), q);
+        /* |m| < 2^25 and |e| ≤ 21 are far below q: small_res applies. */
+        for (size_t i = 0; i < mcount; i++) {
+            uint64_t v0 = c0[i] + small_res(e0[i], q);
             v0 = v0 >= q ? v0 - q : v0;
-            v0 += dm;
+            v0 += mul_shoup(small_res(m[i], q), dl, dlp, q);
             c0[i] = v0 >= q ? v0 - q : v0;
-            uint64_t v1 = c1[i] + to_res(word_cbd(words[2 * FS_HE_N + i]), q);
+        }
+        for (size_t i = mcount; i < FS_HE_N; i++) {
+            uint64_t v0 = c0[i] + small_res(e0[i], q);
+            c0[i] = v0 >= q ? v0 - q : v0;
+        }
+        for (size_t i = 0; i < FS_HE_N; i++) {
+            uint64_t v1 = c1[i] + small_res(e1[i], q);
             c1[i] = v1 >= q ? v1 - q : v1;
         }
     }
@@ -527,8 +557,9 @@ fs_status fs_he_encrypt_seeded(const fs_he_ctx *c, const fs_he_pubkey *pk, const
     fs_status st = FS_OK;
 #pragma omp parallel
     {
+        const size_t scratch_words = (size_t)FS_HE_POLY_WORDS + 2 * (size_t)FS_HE_N;
         uint64_t *words = malloc(3 * (size_t)FS_HE_N * sizeof *words);
-        uint64_t *scratch = malloc((size_t)FS_HE_POLY_WORDS * sizeof *scratch);
+        uint64_t *scratch = malloc(scratch_words * sizeof *scratch);
         if (!words || !scratch) {
 #pragma omp atomic write
             st = FS_ERR_NOMEM;
@@ -541,7 +572,7 @@ fs_status fs_he_encrypt_seeded(const fs_he_ctx *c, const fs_he_pubkey *pk, const
             }
         }
         if (words) sodium_memzero(words, 3 * (size_t)FS_HE_N * sizeof *words);
-        if (scratch) sodium_memzero(scratch, (size_t)FS_HE_POLY_WORDS * sizeof *scratch);
+        if (scratch) sodium_memzero(scratch, scratch_words * sizeof *scratch);
         free(words);
         free(scratch);
     }
@@ -558,20 +589,43 @@ fs_status fs_he_encrypt(const fs_he_ctx *c, const fs_he_pubkey *pk, const int64_
     return st;
 }
 
+/* a = (a + b) mod q over one residue vector of N words. */
+static void add_vec(uint64_t *restrict a, const uint64_t *restrict b, uint64_t q)
+{
+    for (size_t i = 0; i < FS_HE_N; i++) {
+        uint64_t r = a[i] + b[i];
+        a[i] = r >= q ? r - q : r;
+    }
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same loop, vectorised by the compiler for AVX-512 (unsigned 64-bit
+ * compares, which SSE2 lacks); chosen at run time. */
+__attribute__((target("avx512f"))) static void add_vec_512(uint64_t *restrict a,
+                                                           const uint64_t *restrict b, uint64_t q)
+{
+    for (size_t i = 0; i < FS_HE_N; i++) {
+        uint64_t r = a[i] + b[i];
+        a[i] = r >= q ? r - q : r;
+    }
+}
+#endif
+
+typedef void (*add_vec_fn)(uint64_t *restrict, const uint64_t *restrict, uint64_t);
+static add_vec_fn add_fn(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx512f")) return add_vec_512;
+#endif
+    return add_vec;
+}
+
 void fs_he_ct_add(uint64_t *acc, const uint64_t *ct, size_t nct)
 {
     /* 2·L residue vectors of N words per ciphertext, vector v mod q_{v % L}. */
     const size_t vecs = nct * 2 * FS_HE_L;
+    void (*add)(uint64_t *restrict, const uint64_t *restrict, uint64_t) = add_fn();
 #pragma omp parallel for schedule(static) if (nct > 4)
-    for (size_t v = 0; v < vecs; v++) {
-        const uint64_t q = he_q[v % FS_HE_L];
-        uint64_t *a = acc + v * FS_HE_N;
-        const uint64_t *b = ct + v * FS_HE_N;
-        for (size_t i = 0; i < FS_HE_N; i++) {
-            uint64_t r = a[i] + b[i];
-            a[i] = r >= q ? r - q : r;
-        }
-    }
+    for (size_t v = 0; v < vecs; v++) add(acc + v * FS_HE_N, ct + v * FS_HE_N, he_q[v % FS_HE_L]);
 }
 
 /* ---- threshold decryption ----------------------------------------------- */
@@ -661,8 +715,16 @@ fs_status fs_he_partial_decrypt(const fs_he_ctx *c, const fs_he_tkey *tk, const 
                     fs_he_ntt_fwd(&c->ntt[j], hj);
                     for (size_t i = 0; i < FS_HE_N; i++) hj[i] = mul_shoup(hj[i], kj[i], kp[i], q);
                     fs_he_ntt_inv(&c->ntt[j], hj);
+                    /* E = x − 2^S with x = w >> (63 − S) in [0, 2^(S+1)): E mod q
+                     * = (x mod q − 2^S mod q) mod q, x mod q by Shoup's method
+                     * (|E| > q_j: small_res does not apply). */
+                    const uint64_t one_p = shoup_of(1, q);
+                    const uint64_t off = ((uint64_t)1 << FS_HE_SMUDGE_BITS) % q;
                     for (size_t i = 0; i < FS_HE_N; i++) {
-                        uint64_t r = hj[i] + to_res(word_smudge(words[i]), q);
+                        const uint64_t x = words[i] >> (63 - FS_HE_SMUDGE_BITS);
+                        uint64_t e = mul_shoup(x, 1, one_p, q);
+                        e = e >= off ? e - off : e + q - off;
+                        uint64_t r = hj[i] + e;
                         hj[i] = r >= q ? r - q : r;
                     }
                 }
@@ -688,12 +750,22 @@ static inline u128 crt(uint64_t x0, uint64_t x1, uint64_t q0inv_mod_q1)
 void fs_he_decode(const fs_he_ctx *c, const uint64_t *x, int64_t *m, size_t count)
 {
     const uint64_t inv = powmod(FS_HE_Q0 % FS_HE_Q1, FS_HE_Q1 - 2, FS_HE_Q1);
+    const uint64_t invp = shoup_of(inv, FS_HE_Q1);
     const u128 q = q_full();
     const uint64_t t = c->plain_mod;
+    /* ⌊X/q⌋ for X = t·v + ⌊q/2⌋ < 2^121 without a 128-bit division: with
+     * μ = ⌊2^128/q⌋ (< 2^35), r = ⌊(X >> 64)·μ / 2^64⌋ is ⌊X/q⌋ or one less
+     * (the two truncations lose less than 2^−7 + 2^−29), fixed by one compare. */
+    const u128 mu = (~(u128)0) / q; /* ⌊(2^128 − 1)/q⌋ = ⌊2^128/q⌋: q is not a power of 2 */
     for (size_t i = 0; i < count && i < FS_HE_N; i++) {
-        u128 v = crt(x[i], x[FS_HE_N + i], inv);
+        const uint64_t x0 = x[i], x1 = x[FS_HE_N + i], r0 = x0 % FS_HE_Q1;
+        const uint64_t d = x1 >= r0 ? x1 - r0 : x1 + FS_HE_Q1 - r0;
+        const u128 v = (u128)x0 + (u128)FS_HE_Q0 * mul_shoup(d, inv, invp, FS_HE_Q1);
         /* round(t·v/q) mod t, centred. */
-        uint64_t r = (uint64_t)((((u128)t * v) + q / 2) / q) & (t - 1);
+        const u128 X = (u128)t * v + q / 2;
+        uint64_t r = (uint64_t)(((X >> 64) * mu) >> 64);
+        if (X - (u128)r * q >= q) r++;
+        r &= t - 1;
         m[i] = r >= t / 2 ? (int64_t)r - (int64_t)t : (int64_t)r;
     }
 }
@@ -736,6 +808,7 @@ fs_status fs_he_combine(const fs_he_ctx *c, uint32_t threshold, const uint32_t *
             return FS_ERR_ARG;
         }
     fs_status st = FS_OK;
+    void (*add)(uint64_t *restrict, const uint64_t *restrict, uint64_t) = add_fn();
 #pragma omp parallel
     {
         uint64_t *x = malloc((size_t)FS_HE_POLY_WORDS * sizeof *x);
@@ -748,11 +821,8 @@ fs_status fs_he_combine(const fs_he_ctx *c, uint32_t threshold, const uint32_t *
                 memcpy(x, cts + k * FS_HE_CT_WORDS, (size_t)FS_HE_POLY_WORDS * sizeof *x);
                 for (uint32_t p = 0; p < set_size; p++) {
                     const uint64_t *h = partials[p] + k * FS_HE_POLY_WORDS;
-                    for (size_t w = 0; w < FS_HE_POLY_WORDS; w++) {
-                        const uint64_t q = he_q[w / FS_HE_N];
-                        uint64_t r = x[w] + h[w];
-                        x[w] = r >= q ? r - q : r;
-                    }
+                    for (unsigned j = 0; j < FS_HE_L; j++)
+                        add(x + (size_t)j * FS_HE_N, h + (size_t)j * FS_HE_N, he_q[j]);
                 }
                 size_t off = k * FS_HE_N;
                 if (off < count)

@@ -41,7 +41,7 @@
  *
  * Objects that cross the network are serialised and strictly parsed by
  * common/he_wire.c (fs_he_write / fs_he_read): versioned, length-checked,
- * residues range-checked, a BLAKE2b digest over header and payload.
+ * residues range-checked, a CRC-64 over header and payload.
  *
  * Layout: a polynomial is uint64_t[FS_HE_L·N], residue j of coefficient i at
  * [j·N + i], each in [0, q_j). A ciphertext is two polynomials (c0 then c1),
@@ -87,7 +87,16 @@ typedef struct {
     uint64_t *w, *wp;       /* forward twiddles and Shoup companions, n each  */
     uint64_t *iw, *iwp;     /* inverse twiddles and companions, n each        */
     uint64_t ninv, ninvp;   /* n^{-1} mod q and companion                     */
+    uint64_t *wp52, *iwp52; /* 52-bit Shoup companions ⌊w·2^52/q⌋ (AVX-512 IFMA) */
+    uint64_t ninvp52;
 } fs_he_ntt;
+
+/* Whether the transforms use the AVX-512 IFMA code (x86-64 CPUs that have it,
+ * chosen at run time; the results are the same words as the portable code's).
+ * fs_he_ntt_simd(0) forces the portable code, fs_he_ntt_simd(1) restores the
+ * choice; returns whether the IFMA code is in use afterwards. Not thread-safe:
+ * for tests and benchmarks, before any transform runs. */
+int fs_he_ntt_simd(int allow);
 
 /* The consortium's context: parameters, NTT tables and the common random
  * polynomial a (NTT form) expanded from the public seed. */
@@ -282,7 +291,7 @@ typedef enum {
                                          decryption request, common/he_proto.h) */
 } fs_he_obj_kind;
 
-/* What travels beside the polynomials, all covered by the digest:
+/* What travels beside the polynomials, all covered by the check:
  * the sender's site (0 for the aggregator), the receiver (Shamir shares; else
  * 0), an index (ciphertext number in the update), the key id (zeros before the
  * collective key exists), and for partials and decryption requests (C1) a
@@ -296,16 +305,21 @@ typedef struct {
 } fs_he_hdr;
 
 /* Bytes of one serialised object of this kind: header + packed residues
- * (47 bits each) + 32-byte digest. */
+ * (47 bits each) + 8-byte CRC-64 check. */
 size_t fs_he_wire_bytes(fs_he_obj_kind kind);
 /* Serialises polys (1 or 2 by kind, POLY_WORDS each, residues in range) into
  * out[fs_he_wire_bytes(kind)]. FS_ERR_ARG if a residue is out of range. */
 fs_status fs_he_write(const fs_he_hdr *h, const uint64_t *polys, uint8_t *out, size_t cap);
-/* Parses and verifies (magic, version, kind, length, digest, every residue
+/* Parses and verifies (magic, version, kind, length, check, every residue
  * < q_j) into *h and polys; logs what is wrong and returns FS_ERR_FORMAT,
  * FS_ERR_CHECKSUM or FS_ERR_MISMATCH (expected kind). */
 FS_HE_CHECK fs_status fs_he_read(const uint8_t *in, size_t len, fs_he_obj_kind want,
                                  fs_he_hdr *h, uint64_t *polys);
+/* The object's last 8 bytes: CRC-64 (ECMA-182, reflected, ISA-L's
+ * crc64_ecma_refl(0, ·)) of the len − 8 bytes before, little-endian. put
+ * writes it; check_ok is 1 when it matches. len ≥ 8. */
+void fs_he_wire_put_check(uint8_t *obj, size_t len);
+int fs_he_wire_check_ok(const uint8_t *obj, size_t len);
 /* Digest of a decryption set (first 8 bytes of BLAKE2b over the sorted ids). */
 void fs_he_set_id(const uint32_t *set, uint32_t size, uint8_t out[FS_HE_KEYID_BYTES]);
 

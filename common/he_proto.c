@@ -1267,6 +1267,55 @@ fs_status fs_he_site_encrypt_ct(fs_he_site *s, const int64_t *q, size_t count, u
     return st;
 }
 
+fs_status fs_he_site_encrypt(fs_he_site *s, const int64_t *q, size_t count, int gpu, uint8_t *objs,
+                             size_t cap, int *on_gpu)
+{
+    if (on_gpu) *on_gpu = 0;
+    FS_TRY(st_stage(s, ST_READY, "site_encrypt"));
+    const size_t ob = obj_bytes(FS_HE_OBJ_CT), batch = 64;
+    if ((count && !q) || !objs || count > s->nct * FS_HE_N || cap / ob < s->nct) {
+        fs_log_error("he_proto: site_encrypt: %zu values for %zu ciphertexts, buffer of %zu bytes "
+                     "(needs %zu)", count, s->nct, cap, s->nct * ob);
+        return FS_ERR_ARG;
+    }
+    void *dev = NULL;
+    if (gpu) {
+        fs_status gs = fs_he_cuda_open(&dev, &s->ctx);
+        if (gs != FS_OK) {
+            fs_log_warn("he_proto: no GPU for encryption (%s): encrypting on the CPU",
+                        fs_status_str(gs));
+            dev = NULL;
+        }
+    }
+    uint64_t *ct = malloc(batch * FS_HE_CT_WORDS * sizeof *ct);
+    int64_t *pad = malloc(batch * FS_HE_N * sizeof *pad);
+    fs_status st = ct && pad ? FS_OK : FS_ERR_NOMEM;
+    for (size_t k0 = 0; k0 < s->nct && st == FS_OK; k0 += batch) {
+        const size_t kn = s->nct - k0 < batch ? s->nct - k0 : batch, off = k0 * FS_HE_N;
+        const size_t vn = kn * FS_HE_N;
+        const int64_t *m = q + off;
+        if (off + vn > count) { /* the last batch: zeros beyond the update */
+            const size_t have = off < count ? count - off : 0;
+            if (have) memcpy(pad, q + off, have * sizeof *pad);
+            memset(pad + have, 0, (vn - have) * sizeof *pad);
+            m = pad;
+        }
+        st = dev ? fs_he_cuda_encrypt(dev, &s->ctx, s->pk, m, vn, ct)
+                 : fs_he_encrypt(&s->ctx, s->pk, m, vn, ct);
+        for (size_t k = 0; k < kn && st == FS_OK; k++) {
+            fs_he_hdr h = { .kind = FS_HE_OBJ_CT, .from = s->idx, .index = (uint32_t)(k0 + k) };
+            memcpy(h.key_id, s->pk->key_id, FS_HE_KEYID_BYTES);
+            st = fs_he_write(&h, ct + k * FS_HE_CT_WORDS, objs + (k0 + k) * ob, ob);
+        }
+    }
+    if (pad) sodium_memzero(pad, batch * FS_HE_N * sizeof *pad);
+    free(pad);
+    free(ct);
+    if (dev) fs_he_cuda_close(dev);
+    if (on_gpu) *on_gpu = dev != NULL;
+    return st;
+}
+
 fs_status fs_he_site_partials(fs_he_site *s, const uint8_t *req, size_t len, uint8_t **out,
                               size_t *olen, uint32_t *gen, uint32_t *next)
 {

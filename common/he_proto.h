@@ -215,6 +215,15 @@ fs_status fs_he_site_recv_relay(fs_he_site *s, const uint8_t *msg, size_t len, u
  * bytes) of values q[j·N ..], zero beyond count. */
 fs_status fs_he_site_encrypt_ct(fs_he_site *s, const int64_t *q, size_t count, uint32_t j,
                                 uint8_t *obj, size_t cap);
+/* Stage U, the whole update at once: all nct objects into objs (cap ≥
+ * nct · fs_he_wire_bytes(CT)), the same objects as fs_he_site_encrypt_ct
+ * would write with other randomness; batches of 64 ciphertexts over the
+ * OpenMP threads, or on the GPU when gpu is set and a device answers (the
+ * GPU encryption is bit-identical to the CPU's for the same seed; without
+ * a device this logs a warning and uses the CPU). *on_gpu (may be NULL):
+ * whether the GPU did it. */
+fs_status fs_he_site_encrypt(fs_he_site *s, const int64_t *q, size_t count, int gpu, uint8_t *objs,
+                             size_t cap, int *on_gpu);
 /* Stage D: one REQ → one PART (*out malloc'ed). Refuses a REQ whose T does
  * not hold this site, a repeated (generation, start), a key id that is not
  * the collective key's. *gen and *next tell the caller which batch follows

@@ -849,10 +849,12 @@ static fs_status train_round_encrypted(node *n, const fs_wire_task *t)
                     p.qz.frac_bits);
     }
     double te = now_s();
-    for (uint32_t j = 0; j < nct; j++)
-        HE_TRY(fs_he_site_encrypt_ct(hs, q, n->P + 1, j, cts + (size_t)j * ob, ob));
-    fs_log_info("round %u: update encrypted: %zu ciphertext(s), %.2f MB, %.2f s", r, nct,
-                (double)(nct * ob) / 1e6, now_s() - te);
+    /* on the GPU when this site trains there (bit-identical to the CPU) */
+    int he_gpu = 0;
+    HE_TRY(fs_he_site_encrypt(hs, q, n->P + 1, !strcmp(fs_session_backend(n->ses), "cuda"), cts,
+                              nct * ob, &he_gpu));
+    fs_log_info("round %u: update encrypted on the %s: %zu ciphertext(s), %.2f MB, %.2f s", r,
+                he_gpu ? "GPU" : "CPU", nct, (double)(nct * ob) / 1e6, now_s() - te);
     fs_wire_update_header h;
     memset(&h, 0, sizeof h);
     h.protocol_version = FS_PROTOCOL_VERSION;

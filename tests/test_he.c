@@ -71,7 +71,48 @@ static void ntt_product(const fs_he_ntt *t, const uint64_t *a, const uint64_t *b
     free(x); free(y);
 }
 
-static void test_ntt(void)
+/* The IFMA transforms against the portable ones, word for word (random
+ * inputs, zeros, all q − 1), for both primes at N = 4096 and at n = 8, 16. */
+static void test_ntt_simd(void)
+{
+    if (!fs_he_ntt_simd(1)) {
+        fprintf(stderr, "note: no AVX-512 IFMA on this CPU: the portable NTT alone is tested\n");
+        return;
+    }
+    const uint64_t primes[2] = { FS_HE_Q0, FS_HE_Q1 };
+    const uint32_t sizes[3] = { 8, 16, 4096 };
+    size_t bad = 0, runs = 0;
+    for (int pi = 0; pi < 2; pi++)
+        for (int si = 0; si < 3; si++) {
+            const uint32_t n = sizes[si];
+            const uint64_t q = primes[pi];
+            fs_he_ntt t;
+            CHECK(fs_he_ntt_init(&t, q, n) == FS_OK, "ntt init");
+            uint64_t *a = xcalloc(n, 8), *b = xcalloc(n, 8);
+            for (int r = 0; r < 60; r++) {
+                for (uint32_t i = 0; i < n; i++)
+                    a[i] = r == 0 ? 0 : r == 1 ? q - 1 : rnd() % q;
+                for (int dir = 0; dir < 2; dir++) {
+                    memcpy(b, a, n * 8);
+                    fs_he_ntt_simd(1);
+                    if (dir) fs_he_ntt_inv(&t, a); else fs_he_ntt_fwd(&t, a);
+                    fs_he_ntt_simd(0);
+                    if (dir) fs_he_ntt_inv(&t, b); else fs_he_ntt_fwd(&t, b);
+                    for (uint32_t i = 0; i < n; i++) bad += a[i] != b[i] || a[i] >= q;
+                    runs++;
+                }
+            }
+            free(a); free(b);
+            fs_he_ntt_free(&t);
+        }
+    fs_he_ntt_simd(1);
+    CHECK(bad == 0, "IFMA NTT == portable NTT word for word (%zu transforms, %zu words differ)",
+          runs, bad);
+}
+
+/* NTT products against schoolbook multiplication, with the transforms the
+ * CPU chose (fs_he_ntt_simd). */
+static void test_ntt_schoolbook(void)
 {
     const uint64_t primes[3] = { FS_HE_Q0, FS_HE_Q1, 0x1ffffffffffde001ull };
     for (int pi = 0; pi < 3; pi++)
@@ -106,6 +147,15 @@ static void test_ntt(void)
             free(a); free(b); free(c); free(d);
             fs_he_ntt_free(&t);
         }
+}
+
+static void test_ntt(void)
+{
+    if (fs_he_ntt_simd(1)) test_ntt_schoolbook(); /* the IFMA transforms */
+    fs_he_ntt_simd(0);
+    test_ntt_schoolbook();                        /* the portable ones */
+    fs_he_ntt_simd(1);
+    test_ntt_simd();
     fs_he_ntt t;
     CHECK(fs_he_ntt_init(&t, 101, 4) == FS_ERR_ARG, "q = 101 is not 1 mod 8: refused");
     CHECK(fs_he_ntt_init(&t, FS_HE_Q0, 8192) == FS_ERR_ARG, "n > 4096 refused");
@@ -475,8 +525,40 @@ static void test_wire(void)
     const fs_he_obj_kind kinds[5] = { FS_HE_OBJ_PK_SHARE, FS_HE_OBJ_PUBKEY, FS_HE_OBJ_SHAMIR,
                                       FS_HE_OBJ_CT, FS_HE_OBJ_PARTIAL };
     const uint64_t q[2] = { FS_HE_Q0, FS_HE_Q1 };
-    CHECK(fs_he_wire_bytes(FS_HE_OBJ_CT) == 40 + 2 * 48128 + 32, "ct wire size %zu",
+    CHECK(fs_he_wire_bytes(FS_HE_OBJ_CT) == 40 + 2 * 48128 + 8, "ct wire size %zu",
           fs_he_wire_bytes(FS_HE_OBJ_CT));
+    /* The check is CRC-64/XZ: "123456789" → 0x995dc9bbdf1939fa (the CRC
+     * catalogue's check value), stored little-endian. */
+    uint8_t kat[17] = "123456789";
+    fs_he_wire_put_check(kat, sizeof kat);
+    const uint8_t want_kat[8] = { 0xfa, 0x39, 0x19, 0xdf, 0xbb, 0xc9, 0x5d, 0x99 };
+    CHECK(!memcmp(kat + 9, want_kat, 8) && fs_he_wire_check_ok(kat, sizeof kat),
+          "CRC-64 known answer");
+    kat[3] ^= 1;
+    CHECK(!fs_he_wire_check_ok(kat, sizeof kat), "CRC-64 sees a flipped bit");
+    {
+        /* Layout: value i at bits [47i, 47i + 47) of the payload, LSB first,
+         * read back bit by bit here, independently of fs_he_read. */
+        uint64_t *p = xcalloc(FS_HE_POLY_WORDS, 8);
+        for (size_t i = 0; i < FS_HE_POLY_WORDS; i++)
+            p[i] = (0x5a5a5a5a5a5ull * (i + 1) + i) % q[i / FS_HE_N];
+        fs_he_hdr h = { .kind = FS_HE_OBJ_PARTIAL };
+        const size_t len = fs_he_wire_bytes(FS_HE_OBJ_PARTIAL);
+        uint8_t *b = xcalloc(len, 1);
+        CHECK(fs_he_write(&h, p, b, len) == FS_OK, "write for the layout check");
+        size_t bad = 0;
+        for (size_t i = 0; i < FS_HE_POLY_WORDS; i++) {
+            uint64_t v = 0;
+            for (unsigned k = 0; k < 47; k++) {
+                const size_t bit = 47 * i + k;
+                v |= (uint64_t)((b[40 + bit / 8] >> (bit % 8)) & 1u) << k;
+            }
+            bad += v != p[i];
+        }
+        CHECK(bad == 0 && len == 40 + 48128 + 8, "packed layout: %zu of %d values misplaced", bad,
+              FS_HE_POLY_WORDS);
+        free(p); free(b);
+    }
     for (int k = 0; k < 5; k++) {
         size_t np = kinds[k] == FS_HE_OBJ_CT ? 2 : 1, nw = np * FS_HE_POLY_WORDS;
         uint64_t *p = xcalloc(nw, 8), *r = xcalloc(nw, 8);
@@ -514,18 +596,21 @@ static void test_wire(void)
         b[5] ^= 1;
         CHECK(fs_he_read(b, len, FS_HE_OBJ_PARTIAL, &g, r) == FS_ERR_MISMATCH,
               "a ciphertext where a partial is expected refused");
-        b[4] = 2;
-        CHECK(fs_he_read(b, len, FS_HE_OBJ_CT, &g, r) == FS_ERR_FORMAT, "version 2 refused");
         b[4] = 1;
+        CHECK(fs_he_read(b, len, FS_HE_OBJ_CT, &g, r) == FS_ERR_FORMAT,
+              "version 1 (BLAKE2b digest) refused");
+        b[4] = 3;
+        CHECK(fs_he_read(b, len, FS_HE_OBJ_CT, &g, r) == FS_ERR_FORMAT, "version 3 refused");
+        b[4] = 2;
         b[0] = 'X';
         CHECK(fs_he_read(b, len, FS_HE_OBJ_CT, &g, r) == FS_ERR_FORMAT, "bad magic refused");
         b[0] = 'F';
-        /* A residue ≥ q under a valid digest: set residue 1 (bits 47..93) to
+        /* A residue ≥ q under a valid check: set residue 1 (bits 47..93) to
          * all ones, then re-seal. */
         for (size_t bit = 47; bit < 94; bit++) b[40 + bit / 8] |= (uint8_t)(1u << (bit % 8));
-        crypto_generichash(b + len - 32, 32, b, len - 32, NULL, 0);
+        fs_he_wire_put_check(b, len);
         CHECK(fs_he_read(b, len, FS_HE_OBJ_CT, &g, r) == FS_ERR_FORMAT,
-              "residue >= q refused even with a valid digest");
+              "residue >= q refused even with a valid check");
         p[7] = q[0];
         CHECK(fs_he_write(&h, p, b, len) == FS_ERR_ARG, "write refuses an unreduced residue");
         CHECK(fs_he_write(&h, p, b, len - 1) == FS_ERR_ARG, "write refuses a short buffer");

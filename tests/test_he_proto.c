@@ -250,20 +250,38 @@ static void make_update(run *r, uint32_t i)
           "quantise %u", i);
 }
 
-/* Encrypts site i's update into nct CT objects (caller frees objs[j]). */
+/* Encrypts site i's update into nct CT objects (caller frees objs[j]): odd
+ * sites with the whole-update call (sites 1, 5, … asking for the GPU, which
+ * falls back to the CPU without one), even sites object by object. */
 static uint8_t **encrypt_site(run *r, uint32_t i)
 {
     const size_t ob = fs_he_wire_bytes(FS_HE_OBJ_CT);
     uint8_t **objs = xmalloc(r->nct * sizeof *objs);
     uint64_t *ct = xmalloc(FS_HE_CT_WORDS * 8);
+    uint8_t *all = NULL;
+    if (i % 2) {
+        all = xmalloc(r->nct * ob);
+        int on_gpu = -1;
+        CHECK(fs_he_site_encrypt(r->site[i], r->q[i], r->p.n_values + 1, i % 4 == 1, all,
+                                 r->nct * ob, &on_gpu) == FS_OK &&
+                  (on_gpu == 0 || (on_gpu == 1 && i % 4 == 1)),
+              "encrypt site %u whole (on the GPU: %d)", i, on_gpu);
+        CHECK(fs_he_site_encrypt(r->site[i], r->q[i], r->p.n_values + 1, 0, all,
+                                 r->nct * ob - 1, NULL) == FS_ERR_ARG,
+              "whole-update encryption refuses a short buffer");
+    }
     for (size_t j = 0; j < r->nct; j++) {
         objs[j] = xmalloc(ob + 1);
-        CHECK(fs_he_site_encrypt_ct(r->site[i], r->q[i], r->p.n_values + 1, (uint32_t)j, objs[j],
-                                    ob) == FS_OK, "encrypt site %u ct %zu", i, j);
+        if (all)
+            memcpy(objs[j], all + j * ob, ob);
+        else
+            CHECK(fs_he_site_encrypt_ct(r->site[i], r->q[i], r->p.n_values + 1, (uint32_t)j,
+                                        objs[j], ob) == FS_OK, "encrypt site %u ct %zu", i, j);
         fs_he_hdr h;
         CHECK(fs_he_read(objs[j], ob, FS_HE_OBJ_CT, &h, ct) == FS_OK, "own ct readable");
         fs_he_ct_add(r->mysum + j * FS_HE_CT_WORDS, ct, 1);
     }
+    free(all);
     free(ct);
     return objs;
 }
