@@ -463,6 +463,11 @@ fs_status fs_he_quantise(const fs_he_quant *qz, const float *x, size_t count, fl
             fs_log_error("he: quantise: value %zu is not finite", i);
             return FS_ERR_NUMERIC;
         }
+    /* Value i rounds with word i % 4 of Philox block i / 4 (counter
+     * (i/4, i/4 >> 32, 0x4845, 1)). v·scale + u is below 2^25 in magnitude:
+     * its floor is the truncation, one less for negative non-integers. */
+    const uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) };
+    uint32_t r[4] = { 0, 0, 0, 0 };
     for (size_t i = 0; i <= count; i++) {
         double v;
         if (i < count) {
@@ -471,10 +476,14 @@ fs_status fs_he_quantise(const fs_he_quant *qz, const float *x, size_t count, fl
         } else {
             v = (double)wfrac;
         }
-        uint32_t ctr[4] = { (uint32_t)i, (uint32_t)(i >> 32), 0x4845u, 0 };
-        uint32_t key[2] = { (uint32_t)seed, (uint32_t)(seed >> 32) }, r[4];
-        fs_philox4x32_10(ctr, key, r);
-        out[i] = (int64_t)floor(v * scale + fs_philox_u01(r[0]));
+        if (i % 4 == 0) {
+            const uint64_t b = i / 4;
+            uint32_t ctr[4] = { (uint32_t)b, (uint32_t)(b >> 32), 0x4845u, 1 };
+            fs_philox4x32_10(ctr, key, r);
+        }
+        const double y = v * scale + fs_philox_u01(r[i % 4]);
+        const int64_t k = (int64_t)y;
+        out[i] = k - (int64_t)((double)k > y);
     }
     return FS_OK;
 }
