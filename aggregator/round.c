@@ -25,6 +25,7 @@
 #include "kernels/backend.h"
 #include "aggregator/journal.h"
 #include "aggregator/round_sum.h"
+#include "aggregator/sum_device.h"
 #include "aggregator/noniid_round.h"
 #include "common/fsutil.h"
 #include "common/he_proto.h"
@@ -1328,6 +1329,12 @@ static fs_status he_begin(fs_round *a, double now)
         for (size_t i = 0; i < a->n_sites; i++) a->sites[i].sa_index = -1;
         return st;
     }
+    /* the ciphertext sum on the GPU when the aggregator's sums live there */
+    int he_gpu = !strcmp(fs_sum_device_name(), "cuda");
+    if (he_gpu && fs_he_server_use_gpu(a->he) != FS_OK) {
+        fs_log_warn("round %u: the GPU did not open for the ciphertext sum: summing on the CPU", r);
+        he_gpu = 0;
+    }
     a->sa_wcap = attempt_weight_cap(a);
     a->hep = p;
     a->sa_attempt++;
@@ -1335,7 +1342,8 @@ static fs_status he_begin(fs_round *a, double now)
     a->sa_deadline = now + a->cfg.secagg_stage_s;
     a->sa_summary[0] = 0;
     fs_log_info("round %u: encrypted aggregation attempt %u among %u site(s), decryption threshold %u, "
-                "%zu ciphertext(s) per update, 2^-%u grid", r, a->sa_attempt, n, t, fs_he_params_nct(&p), f);
+                "%zu ciphertext(s) per update, 2^-%u grid, sum on the %s", r, a->sa_attempt, n, t,
+                fs_he_params_nct(&p), f, he_gpu ? "GPU" : "CPU");
     return FS_OK;
 }
 

@@ -257,6 +257,16 @@ fs_status fs_he_cuda_encrypt_seeded(void *dev, const fs_he_ctx *c, const fs_he_p
  * on the handle fs_he_cuda_device returns. */
 fs_status fs_he_cuda_ct_add(void *dev, uint64_t *acc, const uint64_t *ct, size_t nct);
 void *fs_he_cuda_device(void *dev);
+/* A ciphertext sum kept in device memory (the aggregator's, between the
+ * first upload and decryption): new zeroes nct ciphertexts on the device of
+ * a fs_he_cuda_open handle; add copies one host ciphertext in and adds it at
+ * index (mod q; the copy returns once the host buffer may be reused); get
+ * downloads the whole sum (nct · FS_HE_CT_WORDS words) and waits. */
+typedef struct fs_he_cuda_sum fs_he_cuda_sum;
+fs_status fs_he_cuda_sum_new(void *dev, size_t nct, fs_he_cuda_sum **out);
+fs_status fs_he_cuda_sum_add(fs_he_cuda_sum *u, size_t index, const uint64_t *ct);
+fs_status fs_he_cuda_sum_get(fs_he_cuda_sum *u, uint64_t *host);
+void fs_he_cuda_sum_free(fs_he_cuda_sum *u);
 /* NTT (inverse = 0) or INTT of npolys vectors of prime `prime`, in place. */
 fs_status fs_he_cuda_ntt(void *dev, unsigned prime, int inverse, uint64_t *polys, size_t npolys);
 

@@ -11,6 +11,7 @@
 #include "common/log.h"
 
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef FS_HAVE_CUDA
@@ -118,7 +119,75 @@ fs_status fs_he_cuda_ct_add(void *dev, uint64_t *acc, const uint64_t *ct, size_t
 
 void *fs_he_cuda_device(void *dev) { return dev ? ((he_gpu *)dev)->dev : NULL; }
 
+struct fs_he_cuda_sum {
+    he_gpu *g;
+    uint64_t *d_sum, *d_stage;
+    size_t nct;
+};
+
+fs_status fs_he_cuda_sum_new(void *dev, size_t nct, fs_he_cuda_sum **out)
+{
+    if (!dev || !out || !nct) return FS_ERR_ARG;
+    *out = NULL;
+    fs_he_cuda_sum *u = calloc(1, sizeof *u);
+    if (!u) return FS_ERR_NOMEM;
+    u->g = dev;
+    u->nct = nct;
+    const size_t ctb = FS_HE_CT_WORDS * sizeof(uint64_t);
+    fs_status st = fs_he_dev_alloc(u->g->dev, (void **)&u->d_sum, nct * ctb);
+    if (st == FS_OK) st = fs_he_dev_alloc(u->g->dev, (void **)&u->d_stage, ctb);
+    if (st == FS_OK) st = fs_he_dev_zero(u->g->dev, u->d_sum, nct * ctb);
+    if (st == FS_OK) st = fs_he_dev_sync(u->g->dev);
+    if (st != FS_OK) {
+        fs_he_cuda_sum_free(u);
+        return st;
+    }
+    *out = u;
+    return FS_OK;
+}
+
+fs_status fs_he_cuda_sum_add(fs_he_cuda_sum *u, size_t index, const uint64_t *ct)
+{
+    if (!u || !ct || index >= u->nct) return FS_ERR_ARG;
+    FS_TRY(fs_he_dev_copy(u->g->dev, u->d_stage, ct, FS_HE_CT_WORDS * sizeof(uint64_t), 1));
+    return fs_he_dev_ct_add(u->g->dev, u->d_sum + index * FS_HE_CT_WORDS, u->d_stage, 1);
+}
+
+fs_status fs_he_cuda_sum_get(fs_he_cuda_sum *u, uint64_t *host)
+{
+    if (!u || !host) return FS_ERR_ARG;
+    FS_TRY(fs_he_dev_copy(u->g->dev, host, u->d_sum, u->nct * FS_HE_CT_WORDS * sizeof(uint64_t), 0));
+    return fs_he_dev_sync(u->g->dev);
+}
+
+void fs_he_cuda_sum_free(fs_he_cuda_sum *u)
+{
+    if (!u) return;
+    if (u->d_sum) fs_he_dev_free(u->g->dev, u->d_sum);
+    if (u->d_stage) fs_he_dev_free(u->g->dev, u->d_stage);
+    free(u);
+}
+
 #else /* no CUDA backend */
+
+struct fs_he_cuda_sum { int unused; };
+fs_status fs_he_cuda_sum_new(void *dev, size_t nct, fs_he_cuda_sum **out)
+{
+    (void)dev; (void)nct;
+    if (out) *out = NULL;
+    return FS_ERR_UNSUPPORTED;
+}
+fs_status fs_he_cuda_sum_add(fs_he_cuda_sum *u, size_t index, const uint64_t *ct)
+{
+    (void)u; (void)index; (void)ct;
+    return FS_ERR_UNSUPPORTED;
+}
+fs_status fs_he_cuda_sum_get(fs_he_cuda_sum *u, uint64_t *host)
+{
+    (void)u; (void)host;
+    return FS_ERR_UNSUPPORTED;
+}
+void fs_he_cuda_sum_free(fs_he_cuda_sum *u) { (void)u; }
 
 fs_status fs_he_cuda_open(void **out, const fs_he_ctx *c)
 {

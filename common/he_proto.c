@@ -283,6 +283,8 @@ struct fs_he_server {
     uint32_t *verify_next, *fold_next; /* [n + 1]                                 */
     uint8_t *contrib, *excluded;      /* [n + 1]                                  */
     uint64_t *scratch;                /* BATCH × POLY_WORDS (≥ one ciphertext)    */
+    void *gdev;                       /* fs_he_cuda_open handle, or NULL          */
+    fs_he_cuda_sum *gsum;             /* the sum on the GPU during U, or NULL     */
     /* D */
     uint32_t gen;
     uint32_t *set;                    /* [t], the current T                      */
@@ -415,7 +417,27 @@ void fs_he_server_free(fs_he_server *s)
     free(s->verify_next); free(s->fold_next); free(s->contrib); free(s->excluded);
     free(s->part_next); free(s->set); free(s->scratch); free(s->sum); free(s->acc);
     free(s->result);
+    fs_he_cuda_sum_free(s->gsum);
+    if (s->gdev) fs_he_cuda_close(s->gdev);
     free(s);
+}
+
+fs_status fs_he_server_use_gpu(fs_he_server *s)
+{
+    FS_TRY(sv_stage(s, SV_K, "server_use_gpu"));
+    if (s->gdev) return FS_OK;
+    return fs_he_cuda_open(&s->gdev, &s->ctx);
+}
+
+int fs_he_server_on_gpu(const fs_he_server *s) { return s && s->gdev != NULL; }
+
+/* Leaves the GPU: the sum continues (or starts) on the CPU. */
+static void drop_gpu(fs_he_server *s)
+{
+    fs_he_cuda_sum_free(s->gsum);
+    s->gsum = NULL;
+    if (s->gdev) fs_he_cuda_close(s->gdev);
+    s->gdev = NULL;
 }
 
 /* ---- stage K ---- */
@@ -565,6 +587,14 @@ fs_status fs_he_server_close_shares(fs_he_server *s)
                        site_list(buf, sizeof buf, s, not_shared));
     s->sum = calloc(s->nct * FS_HE_CT_WORDS, sizeof *s->sum);
     if (!s->sum) return FS_ERR_NOMEM;
+    if (s->gdev) {
+        fs_status gs = fs_he_cuda_sum_new(s->gdev, s->nct, &s->gsum);
+        if (gs != FS_OK) {
+            fs_log_warn("he_proto: the ciphertext sum does not fit on the GPU (%s): summing on "
+                        "the CPU", fs_status_str(gs));
+            drop_gpu(s);
+        }
+    }
     s->stage = SV_U;
     return FS_OK;
 }
@@ -628,7 +658,14 @@ fs_status fs_he_server_ct(fs_he_server *s, uint32_t site, const uint8_t *obj, si
         return st;
     }
     if (commit) {
-        fs_he_ct_add(s->sum + (size_t)want * FS_HE_CT_WORDS, s->scratch, 1);
+        if (s->gsum) {
+            st = fs_he_cuda_sum_add(s->gsum, want, s->scratch);
+            if (st != FS_OK)
+                return abandon(s, "the GPU failed while adding site %u's ciphertext %u (%s)", site,
+                               want, fs_status_str(st));
+        } else {
+            fs_he_ct_add(s->sum + (size_t)want * FS_HE_CT_WORDS, s->scratch, 1);
+        }
         s->fold_next[site]++;
     } else {
         s->verify_next[site]++;
@@ -682,6 +719,13 @@ static fs_status new_generation(fs_he_server *s)
 fs_status fs_he_server_close_input(fs_he_server *s)
 {
     FS_TRY(sv_stage(s, SV_U, "server_close_input"));
+    if (s->gsum) { /* decryption works on the host copy */
+        fs_status gs = fs_he_cuda_sum_get(s->gsum, s->sum);
+        drop_gpu(s);
+        if (gs != FS_OK)
+            return abandon(s, "the ciphertext sum could not be read back from the GPU (%s)",
+                           fs_status_str(gs));
+    }
     uint32_t count = 0;
     for (uint32_t i = 1; i <= s->n; i++) {
         if (s->fold_next[i] > 0 && s->fold_next[i] < s->nct)

@@ -117,6 +117,14 @@ typedef struct fs_he_server fs_he_server;
 
 fs_status fs_he_server_new(const fs_he_params *p, fs_he_server **out);
 void fs_he_server_free(fs_he_server *s);  /* NULL-safe */
+/* Stage K, before close_shares: keep the ciphertext sum of stage U on the GPU
+ * (common/he.h fs_he_cuda_sum: every committed ciphertext is copied in and
+ * added there; close_input downloads the sum for decryption). FS_OK when a
+ * device answered; otherwise the status of fs_he_cuda_open (FS_ERR_UNSUPPORTED
+ * without the CUDA backend, FS_ERR_DEVICE without a device) and the sum stays
+ * on the CPU. on_gpu: whether the GPU is (still) in use. */
+fs_status fs_he_server_use_gpu(fs_he_server *s);
+int fs_he_server_on_gpu(const fs_he_server *s);
 
 /* Stage K. site in 1..n. A repeated message from the same site is refused. */
 fs_status fs_he_server_recv_keys(fs_he_server *s, uint32_t site, const uint8_t *msg, size_t len);

@@ -157,6 +157,17 @@ static void run_init(run *r, uint32_t n, uint32_t t, uint64_t n_values, uint32_t
     r->p.qz.frac_bits = f;
     r->nct = fs_he_params_nct(&r->p);
     CHECK(fs_he_server_new(&r->p, &r->srv) == FS_OK, "server_new");
+    if (r->srv && attempt % 2) {
+        /* runs of odd attempts keep the server's sum on the GPU where there
+         * is one (exact sums are checked all the same); elsewhere the
+         * request is refused and the sum stays on the CPU */
+        fs_status g = fs_he_server_use_gpu(r->srv);
+        CHECK((g == FS_OK) == fs_he_server_on_gpu(r->srv) &&
+                  (g == FS_OK || g == FS_ERR_UNSUPPORTED || g == FS_ERR_DEVICE),
+              "server_use_gpu: %s", fs_status_str(g));
+        fprintf(stderr, "(attempt %u: ciphertext sum on the %s)\n", attempt,
+                g == FS_OK ? "GPU" : "CPU, no device");
+    }
     for (uint32_t i = 1; i <= n; i++)
         CHECK(fs_he_site_new(&r->p, i, &r->site[i]) == FS_OK, "site_new %u", i);
     r->mysum = xmalloc(r->nct * FS_HE_CT_WORDS * 8);

@@ -54,7 +54,10 @@ fs_status fs_he_dev_ct_add(fs_he_dev *dev, uint64_t *d_acc, const uint64_t *d_ct
 /* Device memory for the aggregator (bytes); free with fs_he_dev_free. */
 fs_status fs_he_dev_alloc(fs_he_dev *dev, void **d_ptr, size_t bytes);
 void fs_he_dev_free(fs_he_dev *dev, void *d_ptr);
+/* Asynchronous on the handle's stream: a copy from pageable host memory
+ * returns once the source is staged, so the host buffer may be reused. */
 fs_status fs_he_dev_copy(fs_he_dev *dev, void *dst, const void *src, size_t bytes, int to_device);
+fs_status fs_he_dev_zero(fs_he_dev *dev, void *d_ptr, size_t bytes);
 fs_status fs_he_dev_sync(fs_he_dev *dev);
 
 #ifdef __cplusplus

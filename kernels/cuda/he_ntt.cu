@@ -429,6 +429,12 @@ extern "C" fs_status fs_he_dev_copy(fs_he_dev *d, void *dst, const void *src, si
     return FS_OK;
 }
 
+extern "C" fs_status fs_he_dev_zero(fs_he_dev *d, void *p, size_t bytes)
+{
+    HE_CU(cudaMemsetAsync(p, 0, bytes, d->stream));
+    return FS_OK;
+}
+
 extern "C" fs_status fs_he_dev_sync(fs_he_dev *d)
 {
     HE_CU(cudaStreamSynchronize(d->stream));
