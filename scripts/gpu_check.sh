@@ -3,7 +3,9 @@
 # NVIDIA GPU (H100/H200, CUDA 13): builds with the CUDA backend, runs the GPU
 # tests (every CUDA op against the CPU reference, the whole U-Net on CUDA vs
 # CPU with the CUDA-graph step, the aggregator's GPU fold and arithmetic ops,
-# the homomorphic-encryption kernels bit for bit against the CPU) and then the
+# the homomorphic-encryption kernels bit for bit against the CPU, and the
+# encrypted-aggregation protocol with the sites' whole-update encryption and
+# the server's ciphertext sum on the GPU: test_he_proto) and then the
 # training-step benchmark side by side with PyTorch (bench/run_gpu.sh), the
 # aggregator-ops benchmark (bench/run_aggops.sh) and the encrypted-aggregation
 # benchmark with GPU encryption and the GPU ciphertext sum (bench/bench_he.c,
@@ -22,7 +24,7 @@ cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1
 grep "fedseg backends" "$OUT/configure.log" | tee "$OUT/backends.txt"
 cmake --build "$BUILD" -j"$(nproc)" > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 rc=0
-(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_aggops|test_unet$|test_kernels_fd|test_he_cuda|test_he$") \
+(cd "$BUILD" && ctest --output-on-failure -R "test_cuda_parity|test_unet_cuda|test_agg_fold|test_aggops|test_unet$|test_kernels_fd|test_he_cuda|test_he$|test_he_proto") \
   > "$OUT/gpu_tests.log" 2>&1 || rc=1
 tail -15 "$OUT/gpu_tests.log"
 BUILD="$BUILD" OUT="$OUT" bash bench/run_gpu.sh > "$OUT/bench_gpu.log" 2>&1 || rc=1
