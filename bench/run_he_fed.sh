@@ -37,7 +37,7 @@ B=$BUILD/bench/bench_fed
 F=$BUILD/fedseg
 J=$OUT/he_fed.jsonl
 : >"$J"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1 /proc/loadavg)"
+echo "machine: $(nproc --all) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1 /proc/loadavg)"
 run() { # name args...
   local name=$1; shift
   echo "== $name" >&2
