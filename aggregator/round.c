@@ -146,7 +146,10 @@ struct fs_round {
     double sa_t_masked;       /* when the masked-input stage closed          */
     uint8_t *sa_keys, *sa_req;/* the KEYS broadcast, the unmasking request  */
     size_t sa_keys_len, sa_req_len;
-    uint32_t *sa_sum;         /* P + 1 words: Σ of masked vectors mod 2^32  */
+    fs_masked_sum *sa_msum;   /* P + 1 words: Σ of masked vectors mod 2^32,
+                                 on the sums' device (round_sum.h)          */
+    uint32_t *sa_sum;         /* its host copy for unmasking when it lives on
+                                 the GPU (allocated then), else NULL       */
     char sa_summary[384];     /* JSON of the attempt that closed the round   */
     /* encrypted aggregation of the open round (cfg.encrypted); the sa_*
      * fields above number its attempts, stages (0 keys, 1 key shares,
@@ -1132,10 +1135,16 @@ static fs_status sa_begin(fs_round *a, double now)
     a->sa_attempt++;
     a->sa_stage = 0;
     a->sa_deadline = now + a->cfg.secagg_stage_s;
-    memset(a->sa_sum, 0, ((size_t)a->P + 1) * sizeof *a->sa_sum);
     a->sa_summary[0] = 0;
+    st = fs_masked_sum_zero(a->sa_msum);
+    if (st != FS_OK) {
+        fs_log_error("round %u: cannot clear the masked sum on the %s: %s", r, fs_sum_device_name(),
+                     fs_status_str(st));
+        return st;
+    }
     fs_log_info("round %u: secure aggregation attempt %u among %u site(s), threshold %u, "
-                "%u neighbour(s) each", r, a->sa_attempt, n, t, k);
+                "%u neighbour(s) each, masked sum on the %s", r, a->sa_attempt, n, t, k,
+                fs_sum_device_name());
     return FS_OK;
 }
 
@@ -1167,7 +1176,6 @@ static fs_status sa_fold_spool(fs_round *a, size_t si)
         fs_log_error("%s: cannot open the masked update of site %s: %s", path, s->name, strerror(errno));
         return FS_ERR_IO;
     }
-    const fs_backend *cpu = fs_backend_cpu();
     size_t W = a->P + 1;
     uint32_t crc = 0;
     fs_status st = FS_OK;
@@ -1182,7 +1190,7 @@ static fs_status sa_fold_spool(fs_round *a, size_t si)
         crc = fs_wire_crc32_bytes(crc, a->rbuf, n * 4);
         /* little-endian words read as host words (server.c refuses other hosts) */
         const uint32_t *words = (const uint32_t *)(void *)a->rbuf;
-        st = cpu->u32_sum(NULL, n, a->sa_sum + off, &words, 1);
+        st = fs_masked_sum_add(a->sa_msum, off, words, n);
         off += n;
     }
     close(fd);
@@ -1201,12 +1209,24 @@ static fs_status sa_finish(fs_round *a, double now)
     fs_status st = FS_OK;
     struct timespec c0, c1;
     clock_gettime(CLOCK_MONOTONIC, &c0);
-    for (size_t off = 0; off < W && st == FS_OK; off += FS_CHUNK_PARAMS) {
-        size_t n = W - off < FS_CHUNK_PARAMS ? W - off : FS_CHUNK_PARAMS;
-        st = fs_secagg_server_unmask(a->sa, a->sa_sum + off, off, n);
+    uint32_t *host = fs_masked_sum_host(a->sa_msum);
+    if (host) { /* on the CPU: libsodium's ChaCha20, chunk by chunk */
+        for (size_t off = 0; off < W && st == FS_OK; off += FS_CHUNK_PARAMS) {
+            size_t n = W - off < FS_CHUNK_PARAMS ? W - off : FS_CHUNK_PARAMS;
+            st = fs_secagg_server_unmask(a->sa, host + off, off, n);
+        }
+    } else { /* on the GPU: the backend's chacha_mask, then one download */
+        fs_mask_key *keys = NULL;
+        int k = 0;
+        if (!a->sa_sum && !(a->sa_sum = malloc(W * sizeof *a->sa_sum))) st = FS_ERR_NOMEM;
+        if (st == FS_OK) st = fs_secagg_server_unmask_keys(a->sa, &keys, &k);
+        if (st == FS_OK) st = fs_masked_sum_unmask(a->sa_msum, keys, k);
+        fs_secagg_unmask_keys_free(keys, k);
+        if (st == FS_OK) st = fs_masked_sum_get(a->sa_msum, a->sa_sum);
+        host = a->sa_sum;
     }
     float total = 0;
-    if (st == FS_OK) st = fs_secagg_average(a->sa_sum, a->P, a->sa_f, a->sum.sum, &total);
+    if (st == FS_OK) st = fs_secagg_average(host, a->P, a->sa_f, a->sum.sum, &total);
     if (st == FS_OK) st = fs_round_sum_set(&a->sum, a->sum.sum, 1.0);
     if (st != FS_OK) {
         sa_restart(a, fs_status_str(st));
@@ -2140,7 +2160,7 @@ fs_status fs_round_open(fs_round **out, const fs_round_config *cfg, const float 
         memcpy(a->local_mask, cfg->local_mask, P);
     }
     a->cfg.local_mask = NULL;
-    if (cfg->secure_agg && !(a->sa_sum = calloc(P + 1, sizeof *a->sa_sum))) goto fail;
+    if (cfg->secure_agg && fs_masked_sum_new(P + 1, &a->sa_msum) != FS_OK) goto fail;
     if (cfg->encrypted && !(a->he_res = calloc(P + 1, sizeof *a->he_res))) goto fail;
     for (size_t i = 0; i < a->n_sites; i++) {
         strcpy(a->sites[i].name, cfg->sites[i]);
@@ -2218,6 +2238,8 @@ void fs_round_free(fs_round *a)
 {
     if (a) {
         sa_end(a);
+        fs_masked_sum_free(a->sa_msum);
+        a->sa_msum = NULL;
         free(a->sa_sum);
         a->sa_sum = NULL;
         free(a->he_res);

@@ -207,3 +207,94 @@ fs_status fs_round_sum_apply(const fs_round_sum *s, const float *model, float *o
     for (size_t i = 0; i < s->acc.n; i++) out[i] = model[i] + s->sum[i] * inv;
     return FS_OK;
 }
+
+/* ---- the masked sum ------------------------------------------------------ */
+
+/* Words uploaded per add on the GPU (256 KiB: one wire chunk). */
+#define STAGE_WORDS ((size_t)65536)
+
+struct fs_masked_sum {
+    size_t words;
+    uint32_t *sum;      /* host (CPU) or device memory: the live sum */
+    uint32_t *d_stage;  /* GPU only: STAGE_WORDS */
+};
+
+fs_status fs_masked_sum_new(size_t words, fs_masked_sum **out)
+{
+    if (!out || !words) return FS_ERR_ARG;
+    *out = NULL;
+    fs_masked_sum *m = calloc(1, sizeof *m);
+    if (!m) return FS_ERR_NOMEM;
+    m->words = words;
+    fs_status st = FS_OK;
+    if (!on_device()) {
+        m->sum = calloc(words, sizeof *m->sum);
+        if (!m->sum) st = FS_ERR_NOMEM;
+    } else {
+        st = g_be->alloc(g_ctx, (void **)&m->sum, words * sizeof *m->sum);
+        if (st == FS_OK) st = g_be->alloc(g_ctx, (void **)&m->d_stage, STAGE_WORDS * sizeof *m->sum);
+    }
+    if (st != FS_OK) {
+        g_live++; /* balanced by the free */
+        fs_masked_sum_free(m);
+        return st;
+    }
+    g_live++;
+    *out = m;
+    return FS_OK;
+}
+
+void fs_masked_sum_free(fs_masked_sum *m)
+{
+    if (!m) return;
+    g_live--;
+    if (!on_device()) {
+        free(m->sum);
+    } else {
+        g_be->free(g_ctx, m->sum);
+        g_be->free(g_ctx, m->d_stage);
+    }
+    free(m);
+}
+
+fs_status fs_masked_sum_zero(fs_masked_sum *m)
+{
+    if (!m) return FS_ERR_ARG;
+    if (!on_device()) {
+        memset(m->sum, 0, m->words * sizeof *m->sum);
+        return FS_OK;
+    }
+    return g_be->memzero(g_ctx, m->sum, m->words * sizeof *m->sum);
+}
+
+fs_status fs_masked_sum_add(fs_masked_sum *m, size_t off, const uint32_t *host, size_t n)
+{
+    if (!m || (n && !host) || off > m->words || n > m->words - off) return FS_ERR_ARG;
+    if (!on_device()) return fs_backend_cpu()->u32_sum(NULL, n, m->sum + off, &host, 1);
+    for (size_t k = 0; k < n; k += STAGE_WORDS) {
+        const size_t c = n - k < STAGE_WORDS ? n - k : STAGE_WORDS;
+        const uint32_t *stage = m->d_stage;
+        FS_TRY(g_be->upload(g_ctx, m->d_stage, host + k, c * sizeof *host));
+        FS_TRY(g_be->u32_sum(g_ctx, c, m->sum + off + k, &stage, 1));
+    }
+    return FS_OK;
+}
+
+fs_status fs_masked_sum_unmask(fs_masked_sum *m, const fs_mask_key *keys, int k)
+{
+    if (!m || k < 0 || (k && !keys)) return FS_ERR_ARG;
+    if (!k) return FS_OK;
+    return backend()->chacha_mask(on_device() ? g_ctx : NULL, m->words, m->sum, 0, keys, k);
+}
+
+uint32_t *fs_masked_sum_host(fs_masked_sum *m) { return m && !on_device() ? m->sum : NULL; }
+
+fs_status fs_masked_sum_get(const fs_masked_sum *m, uint32_t *host)
+{
+    if (!m || !host) return FS_ERR_ARG;
+    if (!on_device()) {
+        memcpy(host, m->sum, m->words * sizeof *host);
+        return FS_OK;
+    }
+    return g_be->download(g_ctx, host, m->sum, m->words * sizeof *host);
+}

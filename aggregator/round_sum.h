@@ -50,4 +50,26 @@ fs_status fs_round_sum_set(fs_round_sum *s, const float *host, double weight);
  * again). FS_ERR_ARG when no weight was added. */
 fs_status fs_round_sum_apply(const fs_round_sum *s, const float *model, float *out);
 
+/* ---- the masked sum of a secure-aggregation attempt -------------------- */
+
+/* Σ of masked vectors mod 2^32 (words = P + 1), kept where the round sums
+ * live (sum_device.h): host memory on the CPU, device memory on the GPU, with
+ * the backend table's u32_sum for every added chunk and its chacha_mask for
+ * the unmasking — the same ops, bit for bit, on either device. */
+typedef struct fs_masked_sum fs_masked_sum;
+struct fs_mask_key;
+/* A zeroed sum of `words` words. FS_ERR_NOMEM / FS_ERR_DEVICE. */
+fs_status fs_masked_sum_new(size_t words, fs_masked_sum **out);
+void fs_masked_sum_free(fs_masked_sum *m); /* NULL-safe */
+fs_status fs_masked_sum_zero(fs_masked_sum *m);
+/* sum[off + i] += host[i] mod 2^32, i < n. FS_ERR_ARG out of range. */
+fs_status fs_masked_sum_add(fs_masked_sum *m, size_t off, const uint32_t *host, size_t n);
+/* For each key: sum[i] ± ChaCha20 mask word i (fs_backend chacha_mask over
+ * the whole vector). WARNING: the keys are secrets (see kernels/backend.h). */
+fs_status fs_masked_sum_unmask(fs_masked_sum *m, const struct fs_mask_key *keys, int k);
+/* The sum's host memory on the CPU (to unmask in place), NULL on the GPU. */
+uint32_t *fs_masked_sum_host(fs_masked_sum *m);
+/* Copies the sum out (words words). */
+fs_status fs_masked_sum_get(const fs_masked_sum *m, uint32_t *host);
+
 #endif

@@ -28,6 +28,7 @@
 #include "common/secagg_msg.h"
 #include "common/shamir.h"
 #include "common/log.h"
+#include "kernels/backend.h"
 #include "kernels/philox.h"
 
 #include <math.h>
@@ -1222,6 +1223,32 @@ fs_status fs_secagg_server_close_unmask(fs_secagg_server *srv)
     }
     srv->stage = SRV_READY;
     return FS_OK;
+}
+
+fs_status fs_secagg_server_unmask_keys(const fs_secagg_server *srv, fs_mask_key **keys, int *k)
+{
+    if (!keys || !k) return FS_ERR_ARG;
+    *keys = NULL;
+    *k = 0;
+    if (srv && srv->stage == SRV_ABANDONED) return FS_ERR_ABANDONED;
+    FS_TRY(srv_at(srv, SRV_READY, "unmask_keys"));
+    fs_mask_key *out = calloc(srv->n_corr ? srv->n_corr : 1, sizeof *out);
+    if (!out) return FS_ERR_NOMEM;
+    for (uint32_t i = 0; i < srv->n_corr; i++) {
+        memcpy(out[i].key, srv->corr[i].seed, 32);
+        memcpy(out[i].nonce, srv->corr[i].nonce, 12);
+        out[i].sign = srv->corr[i].negate ? -1 : 1;
+    }
+    *keys = out;
+    *k = (int)srv->n_corr;
+    return FS_OK;
+}
+
+void fs_secagg_unmask_keys_free(fs_mask_key *keys, int k)
+{
+    if (!keys) return;
+    sodium_memzero(keys, (size_t)(k > 0 ? k : 1) * sizeof *keys);
+    free(keys);
 }
 
 fs_status fs_secagg_server_unmask(fs_secagg_server *srv, uint32_t *sum, uint64_t offset, size_t n)

@@ -299,6 +299,15 @@ fs_status fs_secagg_server_close_unmask(fs_secagg_server *srv) __attribute__((wa
  * Only after a successful close_unmask; the sum is untouched otherwise. */
 fs_status fs_secagg_server_unmask(fs_secagg_server *srv, uint32_t *sum, uint64_t offset, size_t n)
     __attribute__((warn_unused_result));
+/* The same corrections as ChaCha20 mask keys for a backend's chacha_mask
+ * (kernels/backend.h), so that a sum kept on the GPU is unmasked there:
+ * applying all k keys over the whole vector (offset 0) equals
+ * fs_secagg_server_unmask. Only after close_unmask. *keys: malloc'ed;
+ * WARNING: secrets — release with fs_secagg_unmask_keys_free (wipes). */
+struct fs_mask_key;
+fs_status fs_secagg_server_unmask_keys(const fs_secagg_server *srv, struct fs_mask_key **keys,
+                                       int *k) __attribute__((warn_unused_result));
+void fs_secagg_unmask_keys_free(struct fs_mask_key *keys, int k);
 
 /* Wipes and frees a message buffer returned by this module; NULL is fine. */
 void fs_secagg_msg_free(uint8_t *msg, size_t len);

@@ -11,7 +11,10 @@
  *     chunks and bad weights without folding anything; apply gives
  *     model + sum / Σw; device selection answers a clear refusal for CUDA
  *     without a GPU and an unknown name;
- *   - with a GPU: the round sum on CUDA equals the CPU's bit for bit.
+ *   - with a GPU: the round sum on CUDA equals the CPU's bit for bit;
+ *   - the masked sum of secure aggregation (added in chunks, unmasked with
+ *     the backend's chacha_mask) equals a plain loop on the CPU, and the
+ *     same on CUDA word for word when a GPU is present.
  */
 #include "check.h"
 #include "aggregator/fedavg.h"
@@ -58,6 +61,69 @@ static void known_answers(const fs_backend *cpu)
           (double)s1, (double)0x1p-11f, (double)(0x1p-11f + 0x1p-24f));
     CHECK(cpu->fold(NULL, 0, NULL, NULL, 1.0f) == FS_OK, "fold of nothing");
     CHECK(cpu->fold(NULL, 1, NULL, chunk, 1.0f) == FS_ERR_ARG, "NULL sum refused");
+}
+
+/* The masked sum (round_sum.h) on the current device: three vectors added
+ * in uneven chunks, then two masks removed; into out (n words). */
+static void masked_round(const uint32_t *const *xs, size_t n, const fs_mask_key *keys, int k,
+                         uint32_t *out, const char *dev)
+{
+    fs_masked_sum *m = NULL;
+    CHECK(fs_masked_sum_new(n, &m) == FS_OK, "%s: masked sum", dev);
+    if (!m) return;
+    CHECK(fs_masked_sum_add(m, n - 3, xs[0], 4) == FS_ERR_ARG, "%s: out of range refused", dev);
+    CHECK(fs_masked_sum_add(m, 0, xs[0], n) == FS_OK, "%s: zero", dev);
+    CHECK(fs_masked_sum_zero(m) == FS_OK, "%s: zero", dev);
+    const size_t chunk = 65536 + 5;
+    for (int s = 0; s < 3; s++)
+        for (size_t off = 0; off < n; off += chunk)
+            CHECK(fs_masked_sum_add(m, off, xs[s] + off, n - off < chunk ? n - off : chunk) == FS_OK,
+                  "%s: add", dev);
+    CHECK(fs_masked_sum_unmask(m, keys, k) == FS_OK, "%s: unmask", dev);
+    CHECK(fs_masked_sum_get(m, out) == FS_OK, "%s: get", dev);
+    CHECK((fs_masked_sum_host(m) != NULL) == !strcmp(dev, "cpu"), "%s: host memory only on the CPU",
+          dev);
+    fs_masked_sum_free(m);
+}
+
+/* Masked sums: Σ x_s + M_a − M_b mod 2^32 against a plain loop with the
+ * CPU backend's masks; with a GPU, the same on CUDA word for word. */
+static void masked_sums(void)
+{
+    enum { MW = 200009 };
+    static uint32_t x[3][MW], want[MW], got[MW], ma[MW], mb[MW];
+    fs_rng r;
+    fs_rng_seed(&r, 12, 0);
+    for (int s = 0; s < 3; s++)
+        for (size_t i = 0; i < MW; i++) x[s][i] = (uint32_t)(fs_rng_next(&r) >> 32);
+    fs_mask_key keys[2];
+    memset(keys, 0, sizeof keys);
+    for (int j = 0; j < 2; j++) {
+        for (int b = 0; b < 32; b++) keys[j].key[b] = (uint8_t)((uint32_t)(fs_rng_next(&r) >> 32) >> 9);
+        keys[j].nonce[0] = (uint8_t)(j + 1);
+        keys[j].sign = j ? -1 : 1;
+    }
+    memset(ma, 0, sizeof ma);
+    memset(mb, 0, sizeof mb);
+    const fs_backend *cpu = fs_backend_cpu();
+    CHECK(cpu->chacha_mask(NULL, MW, ma, 0, &keys[0], 1) == FS_OK, "mask a");
+    fs_mask_key kb = keys[1];
+    kb.sign = 1;
+    CHECK(cpu->chacha_mask(NULL, MW, mb, 0, &kb, 1) == FS_OK, "mask b");
+    for (size_t i = 0; i < MW; i++) want[i] = x[0][i] + x[1][i] + x[2][i] + ma[i] - mb[i];
+    const uint32_t *xs[3] = { x[0], x[1], x[2] };
+    char why[256];
+    CHECK(fs_sum_device_select("cpu", why, sizeof why) == FS_OK, "select cpu");
+    masked_round(xs, MW, keys, 2, got, "cpu");
+    CHECK(!memcmp(got, want, sizeof got), "masked sum on the CPU == Σx + Ma − Mb");
+    if (fs_backend_cuda() && fs_backend_cuda_available()) {
+        CHECK(fs_sum_device_select("cuda", why, sizeof why) == FS_OK, "select cuda: %s", why);
+        memset(got, 0, sizeof got);
+        masked_round(xs, MW, keys, 2, got, "cuda");
+        CHECK(!memcmp(got, want, sizeof got), "masked sum on CUDA == the CPU's, word for word");
+        printf("masked sum on cuda == cpu (%d words)\n", MW);
+        CHECK(fs_sum_device_select("cpu", why, sizeof why) == FS_OK, "back to cpu");
+    }
 }
 
 int main(void)
@@ -171,5 +237,6 @@ int main(void)
         printf("no CUDA device: the GPU round-sum comparison is skipped here "
                "(tests/test_cuda_parity.c covers the op)\n");
     }
+    masked_sums();
     return check_result();
 }

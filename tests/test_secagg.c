@@ -39,6 +39,7 @@
 #include "common/log.h"
 #include "common/rng.h"
 #include "check.h"
+#include "kernels/backend.h"
 
 #include <math.h>
 #include <openssl/evp.h>
@@ -317,7 +318,10 @@ typedef struct {
     int corrupt_rsp;         /* site whose unmasking response gets one share byte flipped, or -1 */
     /* results */
     fs_status st;            /* FS_OK or the first failing status */
-    int exact;               /* unmasked sum == Σ q of U3, bit for bit */
+    int exact;               /* unmasked sum == Σ q of U3, bit for bit, both by
+                                fs_secagg_server_unmask and by the exported
+                                mask keys through the backend's chacha_mask */
+    int keys_exact;
     int untouched;           /* abandoned: the sum was left as it was */
     uint32_t n_masked;
     uint8_t *msg[7];         /* one copy of each message type, for the decoder tests */
@@ -358,7 +362,7 @@ static void run_round(round_cfg *c)
     size_t ml, kl, rl;
     fs_rng r;
     fs_rng_seed(&r, c->seed, 1);
-    c->exact = c->untouched = 0;
+    c->exact = c->untouched = c->keys_exact = 0;
     c->n_masked = 0;
     fs_status st = fs_secagg_server_new(&p, &srv);
     for (uint32_t u = 0; u < c->n && st == FS_OK; u++) st = fs_secagg_site_new(&p, u, &site[u]);
@@ -428,12 +432,21 @@ done:
                        fs_secagg_server_reason(srv)[0] != '\0';
     }
     if (st == FS_OK) {
+        /* the corrections as mask keys, applied by the backend op a GPU sum
+         * uses (here the CPU's: the CUDA one equals it, test_aggops_cuda) */
+        fs_mask_key *mk = NULL;
+        int nk = -1;
+        memcpy(y, sum, c->words * 4);
+        fs_status ks = fs_secagg_server_unmask_keys(srv, &mk, &nk);
+        if (ks == FS_OK) ks = fs_backend_cpu()->chacha_mask(NULL, c->words, y, 0, mk, nk);
+        fs_secagg_unmask_keys_free(mk, nk);
+        c->keys_exact = ks == FS_OK && memcmp(y, expect, c->words * 4) == 0;
         /* unmask in uneven chunks, last chunk first */
         uint64_t cut = c->words * 2 / 3;
         st = fs_secagg_server_unmask(srv, sum + cut, cut, (size_t)(c->words - cut));
         for (uint64_t off = 0; off < cut && st == FS_OK; off += 13)
             st = fs_secagg_server_unmask(srv, sum + off, off, (size_t)(cut - off < 13 ? cut - off : 13));
-        c->exact = st == FS_OK && memcmp(sum, expect, c->words * 4) == 0;
+        c->exact = st == FS_OK && memcmp(sum, expect, c->words * 4) == 0 && c->keys_exact;
     }
     c->st = st;
     fs_secagg_msg_free(m, ml);
