@@ -9,7 +9,8 @@
 # training-step benchmark side by side with PyTorch (bench/run_gpu.sh), the
 # aggregator-ops benchmark (bench/run_aggops.sh) and the encrypted-aggregation
 # benchmark with GPU encryption and the GPU ciphertext sum (bench/bench_he.c,
-# `ref`-sized update, 10 sites).
+# `ref`-sized update, 10 sites), then secure and encrypted federation rounds
+# against plain ones with the aggregator's sums on the GPU.
 # Results and logs go to ${OUT:-gpu-results}/.
 #
 # Where the machine lacks Debian's -dev packages, carry them as described in
@@ -33,4 +34,13 @@ BUILD="$BUILD" OUT="$OUT/aggops" DEVICE=cuda bash bench/run_aggops.sh > "$OUT/be
 tail -20 "$OUT/bench_aggops.log"
 "$BUILD/bench/bench_he" --device cuda --json > "$OUT/bench_he_gpu.log" 2>&1 || rc=1
 tail -10 "$OUT/bench_he_gpu.log"
+# The federation rounds with the aggregator's sums on the GPU (its `device`
+# is auto): secure against plain (10 sites on their own cores here) and
+# encrypted against plain; each capped so the whole check stays short.
+FLOWER=0 DEADLINE=20 BUILD="$BUILD" OUT="$OUT/secagg" timeout 240 bash bench/run_secagg.sh \
+  > "$OUT/bench_secagg.log" 2>&1 || rc=1
+tail -8 "$OUT/bench_secagg.log"
+ROUNDS=2 DEADLINE=30 BUILD="$BUILD" OUT="$OUT/he_fed" timeout 240 bash bench/run_he_fed.sh \
+  > "$OUT/bench_he_fed.log" 2>&1 || rc=1
+tail -8 "$OUT/bench_he_fed.log"
 exit $rc
