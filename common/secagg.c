@@ -344,15 +344,16 @@ fs_status fs_secagg_l2_scale(const float *x, size_t n, double clip, double *scal
     return FS_OK;
 }
 
-/* The stochastic-rounding draw number i of seed: uniform in [0, 1) with 53
- * bits (spec in secagg.h). */
-static double sr_uniform(uint64_t seed, uint64_t i)
+/* The stochastic-rounding draws of seed (spec in secagg.h): Philox block
+ * ⌊i/2⌋ gives words 2b and 2b + 1, each uniform in [0, 1) with 53 bits. */
+static void sr_block(uint64_t seed, uint64_t b, double u[2])
 {
-    uint32_t ctr[4] = {(uint32_t)i, (uint32_t)(i >> 32), 0x41474553u, 0};
+    uint32_t ctr[4] = {(uint32_t)b, (uint32_t)(b >> 32), 0x41474553u, 1};
     uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
     uint32_t o[4];
     fs_philox4x32_10(ctr, key, o);
-    return (double)((((uint64_t)o[0] << 32) | o[1]) >> 11) * 0x1p-53;
+    u[0] = (double)((((uint64_t)o[0] << 32) | o[1]) >> 11) * 0x1p-53;
+    u[1] = (double)((((uint64_t)o[2] << 32) | o[3]) >> 11) * 0x1p-53;
 }
 
 fs_status fs_secagg_quantise(const float *x, size_t n, double scale, double bound, int f,
@@ -363,18 +364,26 @@ fs_status fs_secagg_quantise(const float *x, size_t n, double scale, double boun
         fs_log_error("secagg: quantisation bound %g at 2^%d does not fit 31 bits", bound, f);
         return FS_ERR_ARG;
     }
-    double s = ldexp(1.0, f);
+    double s = ldexp(1.0, f), u[2] = {0, 0};
+    uint64_t have = UINT64_MAX; /* the block in u */
     for (size_t i = 0; i < n; i++) {
         if (!isfinite(x[i])) {
             fs_log_error("secagg: update element %llu is not finite", (unsigned long long)(offset + i));
             return FS_ERR_NUMERIC;
         }
+        const uint64_t w = offset + i;
+        if (w / 2 != have) {
+            have = w / 2;
+            sr_block(sr_seed, have, u);
+        }
         double v = scale * (double)x[i];
         v = v > bound ? bound : v < -bound ? -bound : v;
         v *= s;
-        double fl = floor(v), frac = v - fl; /* exact: |v| < 2^31 */
-        int64_t r = (int64_t)fl + (sr_uniform(sr_seed, offset + i) < frac);
-        q[i] = (uint32_t)r;
+        /* floor by truncation (|v| < 2^31), frac exact */
+        int64_t fl = (int64_t)v;
+        fl -= (double)fl > v;
+        const double frac = v - (double)fl;
+        q[i] = (uint32_t)(fl + (u[w & 1] < frac));
     }
     return FS_OK;
 }

@@ -83,8 +83,9 @@
  * clip_C scales x to L2 norm at most C; Q(v) = floor(v·2^f + u) mod 2^32
  * (two's complement) with u uniform in [0,1) from Philox4x32-10
  * (kernels/philox.h; key = the site's 64-bit rounding seed, counter =
- * {i low, i high, 0x41474553 "SEGA", 0} for word i, u = the top 53 bits of
- * out[0]:out[1]): stochastic rounding, unbiased. Every value is at most
+ * {b low, b high, 0x41474553 "SEGA", 1} for block b = ⌊i/2⌋, u = the top 53
+ * bits of out[0]:out[1] for even i, of out[2]:out[3] for odd i): stochastic
+ * rounding, unbiased. Every value is at most
  * B = max(C, 1) in magnitude (the weight word is at most 1), and f is the
  * largest integer with n_max·B·2^f + n_max < 2^31, so the sum of up to n_max
  * sites never wraps as a signed 32-bit integer. The server dequantises
