@@ -705,6 +705,29 @@ fs_status fs_secagg_site_mask(fs_secagg_site *s, const uint32_t *q, uint64_t off
     return FS_OK;
 }
 
+fs_status fs_secagg_site_mask_keys(fs_secagg_site *s, fs_mask_key **keys, int *k)
+{
+    if (!keys || !k) return FS_ERR_ARG;
+    *keys = NULL;
+    *k = 0;
+    FS_TRY(site_at(s, SITE_MASKING, "mask_keys"));
+    fs_mask_key *out = calloc((size_t)s->p.n_sites + 1, sizeof *out);
+    if (!out) return FS_ERR_NOMEM;
+    int n = 0;
+    fs_secagg_nonce(FS_SECAGG_TAG_SELF, s->p.round, out[n].nonce);
+    memcpy(out[n].key, s->b, 32);
+    out[n++].sign = 1;
+    for (uint32_t v = 0; v < s->p.n_sites; v++) {
+        if (!s->held[v]) continue;
+        fs_secagg_nonce(FS_SECAGG_TAG_PAIR, s->p.round, out[n].nonce);
+        memcpy(out[n].key, s->pair_seed[v], 32);
+        out[n++].sign = v < s->self ? -1 : 1;
+    }
+    *keys = out;
+    *k = n;
+    return FS_OK;
+}
+
 fs_status fs_secagg_site_unmask(fs_secagg_site *s, const uint8_t *req, size_t req_len,
                                 uint8_t **msg, size_t *len)
 {

@@ -109,6 +109,8 @@
 #include <stdint.h>
 #include "kernels/status.h"
 
+struct fs_mask_key; /* kernels/backend.h */
+
 #define FS_SECAGG_VERSION 1u
 #define FS_SECAGG_MAX_SITES 255u
 #define FS_SECAGG_MAX_WORDS (1ull << 36)
@@ -224,6 +226,13 @@ fs_status fs_secagg_site_recv_shares(fs_secagg_site *s, const uint8_t *relay, si
  * words of the quantised vector). out may equal q. Any order of chunks. */
 fs_status fs_secagg_site_mask(fs_secagg_site *s, const uint32_t *q, uint64_t offset, size_t n,
                               uint32_t *out) __attribute__((warn_unused_result));
+/* The masks fs_secagg_site_mask adds, as ChaCha20 mask keys for a backend's
+ * chacha_mask (kernels/backend.h): the self mask (+1) and one pairwise mask
+ * per neighbour (−1 towards lower-numbered sites), so that a site training
+ * on a GPU masks there; applying them over the vector at offset 0 equals
+ * fs_secagg_site_mask. *keys: malloc'ed, WARNING: secrets — release with
+ * fs_secagg_unmask_keys_free (wipes). */
+fs_status fs_secagg_site_mask_keys(fs_secagg_site *s, struct fs_mask_key **keys, int *k);
 
 /* Stage 4: reads the server's unmasking request (the sites whose masked
  * input arrived, and those that dropped after sharing) and returns the
@@ -305,7 +314,6 @@ fs_status fs_secagg_server_unmask(fs_secagg_server *srv, uint32_t *sum, uint64_t
  * applying all k keys over the whole vector (offset 0) equals
  * fs_secagg_server_unmask. Only after close_unmask. *keys: malloc'ed;
  * WARNING: secrets — release with fs_secagg_unmask_keys_free (wipes). */
-struct fs_mask_key;
 fs_status fs_secagg_server_unmask_keys(const fs_secagg_server *srv, struct fs_mask_key **keys,
                                        int *k) __attribute__((warn_unused_result));
 void fs_secagg_unmask_keys_free(struct fs_mask_key *keys, int k);

@@ -24,6 +24,7 @@
 #include "common/rng.h"
 #include "common/transport.h"
 #include "common/wire.h"
+#include "kernels/backend.h"
 
 #include <errno.h>
 #include <sodium.h>
@@ -602,6 +603,46 @@ static fs_status private_round_start(node *n, const fs_wire_task *t, int *go)
 }
 
 /* A securely aggregated round (client.h). */
+
+/* Adds this site's masks to qbuf (P + 1 words): on the GPU with the CUDA
+ * backend's chacha_mask when the site trains there (the same words as
+ * libsodium's stream on the CPU: test_secagg checks the exported keys, and
+ * test_aggops_cuda the op), else with libsodium on the CPU. A GPU failure
+ * before the masked words come back falls back to the CPU; after that the
+ * round fails (qbuf may be half-written). */
+static fs_status mask_update(node *n, fs_secagg_site *sa)
+{
+    const size_t W = n->P + 1;
+    const fs_backend *be = fs_backend_cuda();
+    if (be && !strcmp(fs_session_backend(n->ses), "cuda")) {
+        fs_mask_key *keys = NULL;
+        int k = 0;
+        void *ctx = NULL;
+        uint32_t *d = NULL;
+        fs_status st = fs_secagg_site_mask_keys(sa, &keys, &k);
+        if (st == FS_OK) st = be->ctx_init(&ctx, 0);
+        if (st == FS_OK) st = be->alloc(ctx, (void **)&d, W * sizeof *d);
+        if (st == FS_OK) st = be->upload(ctx, d, n->qbuf, W * sizeof *d);
+        if (st == FS_OK) st = be->chacha_mask(ctx, W, d, 0, keys, k);
+        fs_secagg_unmask_keys_free(keys, k);
+        int fetched = 0;
+        if (st == FS_OK) {
+            fetched = 1;
+            st = be->download(ctx, n->qbuf, d, W * sizeof *d);
+        }
+        if (d) be->free(ctx, d);
+        if (ctx) be->ctx_free(ctx);
+        if (st == FS_OK) return FS_OK;
+        if (fetched) {
+            fs_log_error("masking on the GPU: the masked update could not be read back (%s)",
+                         fs_status_str(st));
+            return st;
+        }
+        fs_log_warn("masking on the GPU failed (%s): masking on the CPU", fs_status_str(st));
+    }
+    return fs_secagg_site_mask(sa, n->qbuf, 0, W, n->qbuf);
+}
+
 static fs_status train_round_secure(node *n, const fs_wire_task *t)
 {
     uint32_t r = t->round;
@@ -687,7 +728,7 @@ static fs_status train_round_secure(node *n, const fs_wire_task *t)
         fs_log_info("round %u: noise share added (discrete Gaussian, stddev %.4g steps of 2^-%d)", r,
                     local_sd, f);
     }
-    SA_TRY(fs_secagg_site_mask(sa, n->qbuf, 0, n->P + 1, n->qbuf));
+    SA_TRY(mask_update(n, sa));
     fs_wire_update_header h;
     memset(&h, 0, sizeof h);
     h.protocol_version = FS_PROTOCOL_VERSION;

@@ -649,6 +649,18 @@ static void test_uniform(void)
     memcpy(y2, q, (P + 1) * 4);
     CHECK(fs_secagg_site_mask(s, y2, 0, P + 1, y2) == FS_OK && memcmp(y, y2, (P + 1) * 4) == 0,
           "masking in place differs");
+    /* the same masks as keys for the backend op a GPU site uses (CPU op
+     * here; the CUDA op equals it, test_aggops_cuda) */
+    {
+        fs_mask_key *mk = NULL;
+        int nk = 0;
+        memcpy(y2, q, (P + 1) * 4);
+        CHECK(fs_secagg_site_mask_keys(s, &mk, &nk) == FS_OK && nk >= 2, "site mask keys (%d)", nk);
+        CHECK(mk && fs_backend_cpu()->chacha_mask(NULL, P + 1, y2, 0, mk, nk) == FS_OK &&
+                  memcmp(y, y2, (P + 1) * 4) == 0,
+              "the exported mask keys give the same masked vector");
+        fs_secagg_unmask_keys_free(mk, nk);
+    }
     /* Thresholds for a false failure probability near 1e-9 (z = 6), from the
      * Wilson–Hilferty approximation k(1 - 2/(9k) + z·sqrt(2/(9k)))^3:
      * k = 255 → 415; k = 4095 → 4662. |r| < 6/sqrt(N). */
