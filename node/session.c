@@ -10,6 +10,7 @@
 #include "common/log.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -89,7 +90,13 @@ fs_status fs_session_open(fs_session **out, const char *const *data_dirs, int nd
         fs_log_error("%s", why ? why : "no backend");
         return FS_ERR_UNSUPPORTED;
     }
-    if (threads > 0) fs_backend_cpu_set_threads(threads);
+    if (threads > 0) {
+        fs_backend_cpu_set_threads(threads);
+        /* and every other OpenMP loop of this process (encryption, partial
+         * decryption): several nodes share one machine in `fedseg sim`, and
+         * waiting threads on a shared core cost more than they give */
+        omp_set_num_threads(threads);
+    }
     fs_session *s = calloc(1, sizeof *s);
     if (!s) return FS_ERR_NOMEM;
     s->pr = pr;
