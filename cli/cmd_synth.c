@@ -29,7 +29,7 @@ static void synth_usage(FILE *f)
             "  --sites N            number of sites, 1..%d (default 3)\n"
             "  --cases-per-site L   comma-separated cases per site, one number per site\n"
             "                       (default 24,16,10; for N sites the pattern repeats; with\n"
-            "                       --heterogeneity iid 16,16,16, strong 32,12,6)\n"
+            "                       --heterogeneity iid 16,16,16, strong 40,20,10)\n"
             "  --seed S             non-negative integer (default 1); same seed, same bytes\n"
             "  --anatomy FILE       skull-stripped T1 volume (default %s,\n"
             "                       Debian package mricron-data)\n"
@@ -38,8 +38,8 @@ static void synth_usage(FILE *f)
             "                       2 gives quick, coarse test data)\n"
             "  --heterogeneity H    how different the sites are: iid (one scanner, cohort and\n"
             "                       annotation style for all), mild (the designed profiles; default),\n"
-            "                       strong (every difference from site 1 amplified 2.5x, case\n"
-            "                       numbers skewed)\n"
+            "                       strong (sites 2 and 3: scanner response, edema outline and\n"
+            "                       tumour mix 2.5x further from site 1's; case numbers skewed)\n"
             "  --quiet              no per-case progress lines\n",
             FS_SYNTH_MAX_SITES, FS_SYNTH_DEFAULT_ANATOMY);
 }

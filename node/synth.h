@@ -32,8 +32,9 @@
  *           only the patients differ; equal case numbers
  *   strong  site 1 as in mild; for the other sites, the departures from
  *           profile 1 in scanner intensity response and tissue contrast,
- *           edema label threshold (annotation style) and tumour mix (grade,
- *           necrosis, edema extent) amplified by 2.5 (log space for scales);
+ *           edema label threshold (annotation style; towards tight outlines
+ *           at both) and tumour mix (grade, necrosis, edema extent) amplified
+ *           by 2.5 (log space for scales);
  *           image quality, outline noise, lesion load and tumour size set
  *           to profile 1's, so that no site is easier or harder for every
  *           model; voxel grids as in mild; case numbers skewed (40/20/10). */

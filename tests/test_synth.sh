@@ -7,7 +7,9 @@
 #   - a missing anatomy exits 1 and says how to get one;
 #   - same seed twice (1 thread, then 2 threads) gives identical bytes in every
 #     file; an earlier synth output is replaced; another seed gives other bytes;
-#   - montage.png is a PNG, site.json and federation.json are written.
+#   - montage.png is a PNG, site.json and federation.json are written;
+#   - --heterogeneity strong makes the case numbers its --help names, and
+#     its sites 2 and 3 outline edema more tightly than site 1.
 # Needs FS_FEDSEG (set by tests/CMakeLists.txt). Skips (77) without the
 # default anatomy (Debian mricron-data).
 set -u
@@ -75,6 +77,19 @@ grep -q '"complete": true' "$T/a/federation.json" || bad "federation.json not ma
 for m in t1 flair seg; do
     cmp -s "$T/b/site_1/site1_case001/site1_case001_$m.nii.gz" "$T/c/site_1/site1_case001/site1_case001_$m.nii.gz" &&
         bad "seeds 5 and 6 give the same $m"
+done
+# The strong preset (docs/data.md): the default case numbers are those the
+# help names, and the annotation-style shift points to tighter outlines at
+# sites 2 and 3 (edema label threshold above site 1's).
+"$FEDSEG" synth --out "$T/s" --heterogeneity strong --voxel-scale 4 --seed 3 --threads 1 --quiet ||
+    bad "strong run failed"
+want=$(sed -n 's/.*strong \([0-9]*,[0-9]*,[0-9]*\)).*/\1/p' "$T/help")
+got=$(for k in 1 2 3; do ls -d "$T/s/site_$k"/site${k}_case* | wc -l; done | paste -sd, -)
+[ -n "$want" ] && [ "$got" = "$want" ] || bad "strong: --help says cases '$want', synth made $got"
+thr() { sed -n 's/.*"edema_probability_threshold": *\([0-9.]*\).*/\1/p' "$T/s/site_$1/site.json"; }
+for k in 2 3; do
+    awk -v a="$(thr $k)" -v b="$(thr 1)" 'BEGIN { exit !(a + 0 > b + 0 && b + 0 > 0) }' ||
+        bad "strong: site_$k edema threshold '$(thr $k)' is not tighter than site_1's '$(thr 1)'"
 done
 [ $fail -eq 0 ] && echo "all checks passed"
 exit $fail
