@@ -38,12 +38,14 @@ static const uint64_t he_q[FS_HE_L] = { FS_HE_Q0, FS_HE_Q1 };
 static u128 q_full(void) { return (u128)FS_HE_Q0 * FS_HE_Q1; }
 static u128 delta_full(void) { return q_full() >> FS_HE_PLAIN_BITS; }
 
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 static inline uint64_t le64(const uint8_t *p)
 {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
     return v;
 }
+#endif
 
 /* Signed small value v (|v| < q) as a residue mod q. */
 static inline uint64_t to_res(int64_t v, uint64_t q)
@@ -104,16 +106,13 @@ static void expand(const uint8_t key[32], uint64_t nonce, uint64_t first, uint64
 #endif
 }
 
-/* The samplers shared with kernels/cuda/he_encrypt.cu: a word → ternary,
- * centred binomial (η = 21), or smudging value. */
+/* The samplers shared with kernels/cuda/he_encrypt.cu: a word → ternary or
+ * centred binomial (η = 21). The smudging value of a word w is
+ * (w >> (63 − S)) − 2^S, reduced per prime in fs_he_partial_decrypt. */
 static inline int64_t word_ternary(uint64_t w) { return (int64_t)(w % 3) - 1; }
 static inline int64_t word_cbd(uint64_t w)
 {
     return (int64_t)pop21(w & 0x1fffffull) - (int64_t)pop21((w >> 21) & 0x1fffffull);
-}
-static inline int64_t word_smudge(uint64_t w)
-{
-    return (int64_t)(w >> (63 - FS_HE_SMUDGE_BITS)) - ((int64_t)1 << FS_HE_SMUDGE_BITS);
 }
 
 /* ---- context ------------------------------------------------------------ */
@@ -598,7 +597,12 @@ fs_status fs_he_encrypt(const fs_he_ctx *c, const fs_he_pubkey *pk, const int64_
     return st;
 }
 
-/* a = (a + b) mod q over one residue vector of N words. */
+/* a = (a + b) mod q over one residue vector of N words; on x86-64 also
+ * compiled for AVX-512 (unsigned 64-bit compares, which SSE2 lacks), the
+ * version chosen at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "default")))
+#endif
 static void add_vec(uint64_t *restrict a, const uint64_t *restrict b, uint64_t q)
 {
     for (size_t i = 0; i < FS_HE_N; i++) {
@@ -606,35 +610,13 @@ static void add_vec(uint64_t *restrict a, const uint64_t *restrict b, uint64_t q
         a[i] = r >= q ? r - q : r;
     }
 }
-#if defined(__x86_64__) && defined(__GNUC__)
-/* The same loop, vectorised by the compiler for AVX-512 (unsigned 64-bit
- * compares, which SSE2 lacks); chosen at run time. */
-__attribute__((target("avx512f"))) static void add_vec_512(uint64_t *restrict a,
-                                                           const uint64_t *restrict b, uint64_t q)
-{
-    for (size_t i = 0; i < FS_HE_N; i++) {
-        uint64_t r = a[i] + b[i];
-        a[i] = r >= q ? r - q : r;
-    }
-}
-#endif
-
-typedef void (*add_vec_fn)(uint64_t *restrict, const uint64_t *restrict, uint64_t);
-static add_vec_fn add_fn(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f")) return add_vec_512;
-#endif
-    return add_vec;
-}
 
 void fs_he_ct_add(uint64_t *acc, const uint64_t *ct, size_t nct)
 {
     /* 2·L residue vectors of N words per ciphertext, vector v mod q_{v % L}. */
     const size_t vecs = nct * 2 * FS_HE_L;
-    void (*add)(uint64_t *restrict, const uint64_t *restrict, uint64_t) = add_fn();
 #pragma omp parallel for schedule(static) if (nct > 4)
-    for (size_t v = 0; v < vecs; v++) add(acc + v * FS_HE_N, ct + v * FS_HE_N, he_q[v % FS_HE_L]);
+    for (size_t v = 0; v < vecs; v++) add_vec(acc + v * FS_HE_N, ct + v * FS_HE_N, he_q[v % FS_HE_L]);
 }
 
 /* ---- threshold decryption ----------------------------------------------- */
@@ -748,12 +730,13 @@ fs_status fs_he_partial_decrypt(const fs_he_ctx *c, const fs_he_tkey *tk, const 
     return st;
 }
 
-/* CRT of residues (x0 mod q0, x1 mod q1) → x in [0, q) (Garner). */
-static inline u128 crt(uint64_t x0, uint64_t x1, uint64_t q0inv_mod_q1)
+/* CRT of residues (x0 mod q0, x1 mod q1) → x in [0, q) (Garner); inv =
+ * q0^{-1} mod q1 and invp its Shoup companion. */
+static inline u128 crt(uint64_t x0, uint64_t x1, uint64_t inv, uint64_t invp)
 {
-    uint64_t d = x1 >= x0 % FS_HE_Q1 ? x1 - x0 % FS_HE_Q1 : x1 + FS_HE_Q1 - x0 % FS_HE_Q1;
-    uint64_t k = fs_he_mulmod(d, q0inv_mod_q1, FS_HE_Q1);
-    return (u128)x0 + (u128)FS_HE_Q0 * k;
+    const uint64_t r0 = x0 % FS_HE_Q1;
+    const uint64_t d = x1 >= r0 ? x1 - r0 : x1 + FS_HE_Q1 - r0;
+    return (u128)x0 + (u128)FS_HE_Q0 * mul_shoup(d, inv, invp, FS_HE_Q1);
 }
 
 void fs_he_decode(const fs_he_ctx *c, const uint64_t *x, int64_t *m, size_t count)
@@ -767,9 +750,7 @@ void fs_he_decode(const fs_he_ctx *c, const uint64_t *x, int64_t *m, size_t coun
      * (the two truncations lose less than 2^−7 + 2^−29), fixed by one compare. */
     const u128 mu = (~(u128)0) / q; /* ⌊(2^128 − 1)/q⌋ = ⌊2^128/q⌋: q is not a power of 2 */
     for (size_t i = 0; i < count && i < FS_HE_N; i++) {
-        const uint64_t x0 = x[i], x1 = x[FS_HE_N + i], r0 = x0 % FS_HE_Q1;
-        const uint64_t d = x1 >= r0 ? x1 - r0 : x1 + FS_HE_Q1 - r0;
-        const u128 v = (u128)x0 + (u128)FS_HE_Q0 * mul_shoup(d, inv, invp, FS_HE_Q1);
+        const u128 v = crt(x[i], x[FS_HE_N + i], inv, invp);
         /* round(t·v/q) mod t, centred. */
         const u128 X = (u128)t * v + q / 2;
         uint64_t r = (uint64_t)(((X >> 64) * mu) >> 64);
@@ -783,7 +764,7 @@ double fs_he_noise_of(const fs_he_ctx *c, const uint64_t *x, const int64_t *m, s
 {
     const uint64_t inv = powmod(FS_HE_Q0 % FS_HE_Q1, FS_HE_Q1 - 2, FS_HE_Q1);
     const u128 q = q_full(), d = delta_full();
-    u128 v = crt(x[i], x[FS_HE_N + i], inv);
+    u128 v = crt(x[i], x[FS_HE_N + i], inv, shoup_of(inv, FS_HE_Q1));
     u128 dm = m[i] >= 0 ? (d * (u128)m[i]) % q : (q - (d * (u128)(-m[i])) % q) % q;
     u128 r = v >= dm ? v - dm : v + q - dm;
     return r > q / 2 ? -(double)(q - r) : (double)r;
@@ -817,7 +798,6 @@ fs_status fs_he_combine(const fs_he_ctx *c, uint32_t threshold, const uint32_t *
             return FS_ERR_ARG;
         }
     fs_status st = FS_OK;
-    void (*add)(uint64_t *restrict, const uint64_t *restrict, uint64_t) = add_fn();
 #pragma omp parallel
     {
         uint64_t *x = malloc((size_t)FS_HE_POLY_WORDS * sizeof *x);
@@ -831,7 +811,7 @@ fs_status fs_he_combine(const fs_he_ctx *c, uint32_t threshold, const uint32_t *
                 for (uint32_t p = 0; p < set_size; p++) {
                     const uint64_t *h = partials[p] + k * FS_HE_POLY_WORDS;
                     for (unsigned j = 0; j < FS_HE_L; j++)
-                        add(x + (size_t)j * FS_HE_N, h + (size_t)j * FS_HE_N, he_q[j]);
+                        add_vec(x + (size_t)j * FS_HE_N, h + (size_t)j * FS_HE_N, he_q[j]);
                 }
                 size_t off = k * FS_HE_N;
                 if (off < count)

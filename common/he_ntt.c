@@ -20,8 +20,8 @@
  * [0, q), so any correct implementation gives the same words.
  *
  * On x86-64 CPUs with AVX-512 IFMA (52-bit multiply-add) the butterflies
- * run 8 at a time (4 at span 4; spans 2 and 1 through lane permutations; the
- * portable loop below n = 16) with the same algorithm at 52-bit precision: companions w' = ⌊w·2^52/q⌋, a·w mod q =
+ * run 8 at a time (4 at span 4; spans 2 and 1 through lane permutations;
+ * transforms of n ≥ 16 points, the portable code below that) with the same algorithm at 52-bit precision: companions w' = ⌊w·2^52/q⌋, a·w mod q =
  * (lo52(a·w) − lo52(hi52(a·w')·q)) mod 2^52 in [0, 2q) for any a < 2^52,
  * which needs 4q < 2^52: q < 2^50 (fs_he_ntt_init keeps the portable code
  * for larger primes). The code is chosen at run time.
@@ -224,8 +224,7 @@ IFMA_TARGET static void ntt_fwd_ifma(const fs_he_ntt *t, uint64_t *a)
                 _mm256_storeu_si256((__m256i *)x, _mm256_add_epi64(u, v));
                 _mm256_storeu_si256((__m256i *)y, _mm256_add_epi64(_mm256_sub_epi64(u, v), yq2));
             }
-        } else if (n >= 16) {
-            /* 16 words hold 16 / (2·len) butterflies, twiddles m + i onwards */
+        } else { /* spans 2 and 1: 16 words hold 16 / (2·len) butterflies */
             const uint32_t per = 8 / len;
             for (uint32_t i = 0; i < m; i += per) {
                 __m512i u, y;
@@ -235,19 +234,6 @@ IFMA_TARGET static void ntt_fwd_ifma(const fs_he_ntt *t, uint64_t *a)
                 const __m512i v = mul52_z(y, w, wp, vq);
                 scatter_xy(a + 2 * (size_t)i * len, len, _mm512_add_epi64(u, v),
                            _mm512_add_epi64(_mm512_sub_epi64(u, v), vq2));
-            }
-        } else {
-            for (uint32_t i = 0; i < m; i++) {
-                const uint64_t w = t->w[m + i], wp = t->wp52[m + i];
-                uint64_t *x = a + 2 * (size_t)i * len, *y = x + len;
-                for (uint32_t j = 0; j < len; j++) {
-                    uint64_t u = x[j];
-                    if (u >= q2) u -= q2;
-                    const uint64_t hi = (uint64_t)(((unsigned __int128)y[j] * wp) >> 52);
-                    const uint64_t v = (y[j] * w - hi * q) & M52;
-                    x[j] = u + v;
-                    y[j] = u - v + q2;
-                }
             }
         }
     }
@@ -290,7 +276,7 @@ IFMA_TARGET static void ntt_inv_ifma(const fs_he_ntt *t, uint64_t *a)
                 _mm256_storeu_si256((__m256i *)y,
                                     mul52_y(_mm256_add_epi64(_mm256_sub_epi64(u, v), yq2), w, wp, yq));
             }
-        } else if (n >= 16) {
+        } else { /* spans 1 and 2 */
             const uint32_t per = 8 / len;
             for (uint32_t i = 0; i < h; i += per) {
                 __m512i u, v;
@@ -298,20 +284,6 @@ IFMA_TARGET static void ntt_inv_ifma(const fs_he_ntt *t, uint64_t *a)
                 const __m512i w = twiddles(t->iw + h + i, len), wp = twiddles(t->iwp52 + h + i, len);
                 scatter_xy(a + 2 * (size_t)i * len, len, csub_z(_mm512_add_epi64(u, v), vq2),
                            mul52_z(_mm512_add_epi64(_mm512_sub_epi64(u, v), vq2), w, wp, vq));
-            }
-        } else {
-            for (uint32_t i = 0; i < h; i++) {
-                const uint64_t w = t->iw[h + i], wp = t->iwp52[h + i];
-                uint64_t *x = a + 2 * (size_t)i * len, *y = x + len;
-                for (uint32_t j = 0; j < len; j++) {
-                    const uint64_t u = x[j], v = y[j];
-                    uint64_t s = u + v;
-                    if (s >= q2) s -= q2;
-                    x[j] = s;
-                    const uint64_t d = u - v + q2;
-                    const uint64_t hi = (uint64_t)(((unsigned __int128)d * wp) >> 52);
-                    y[j] = (d * w - hi * q) & M52;
-                }
             }
         }
         len <<= 1;
@@ -322,10 +294,16 @@ IFMA_TARGET static void ntt_inv_ifma(const fs_he_ntt *t, uint64_t *a)
         _mm512_storeu_si512(a + j, csub_z(mul52_z(_mm512_loadu_si512(a + j), ni, nip, vq), vq));
 }
 
+static int cpu_has_ifma(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512ifma");
+}
+
+/* n ≥ 16: every stage fills whole vectors. */
 static int ifma_usable(const fs_he_ntt *t)
 {
-    return simd_allowed && t->n >= 8 && t->q < (1ull << 50) && __builtin_cpu_supports("avx512f") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512ifma");
+    return simd_allowed && t->n >= 16 && t->q < (1ull << 50) && cpu_has_ifma();
 }
 #endif
 
@@ -333,8 +311,7 @@ int fs_he_ntt_simd(int allow)
 {
     simd_allowed = allow != 0;
 #ifdef HE_IFMA
-    return simd_allowed && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512ifma");
+    return simd_allowed && cpu_has_ifma();
 #else
     return 0;
 #endif
